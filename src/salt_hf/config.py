@@ -1,0 +1,147 @@
+"""SALTConfig: the TrainingArguments of SALT. The only place a SALT default is written."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import TrainingArguments
+
+from .losses import DIVERGENCES
+from .schedules import KD_SCHEDULES
+
+# Fraction of the run spent in the KD stage when neither `kd_steps` nor `kd_ratio` is given. The paper's main run
+# distils for 36K of ~208K steps (~17%, 20K..60K equally good); 0.2 was the best fraction of our grid
+# (benchmarks/RESULTS.md, "KD stage length").
+DEFAULT_KD_RATIO = 0.2
+
+
+@dataclass
+class SALTConfig(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`SALTTrainer`]: SALT, small-model-aided large-model training
+    (Rawat et al., 2024, https://arxiv.org/abs/2410.18779).
+
+    For the first `kd_steps` optimizer steps the loss is `(1 - w_t) * NLL + w_t * KD(teacher -> student)` with
+    `w_t = kd_weight(step)` falling to 0 by `kd_schedule`; from then on it is the plain next-token loss and the teacher
+    is released.
+
+    Parameters:
+        teacher_model_name_or_path (`str`, *optional*):
+            Path or hub id of the small teacher, loaded with `AutoModelForCausalLM.from_pretrained` when the trainer
+            receives no `teacher_model`.
+        teacher_model_init_kwargs (`dict` or `str`, *optional*):
+            Keyword arguments for loading the teacher (e.g. `{"dtype": "bfloat16"}`); a JSON string on the CLI.
+        kd_weight (`float`, *optional*, defaults to `0.5`):
+            w, the initial KD weight in [0, 1]. 0 turns SALT off (plain `Trainer`).
+        kd_steps (`int`, *optional*):
+            n_KD, the number of optimizer steps of the KD stage. Exclusive with `kd_ratio`.
+        kd_ratio (`float`, *optional*):
+            n_KD as a fraction of the run's optimizer steps (rounded up). Exclusive with `kd_steps`; when neither is
+            given, `DEFAULT_KD_RATIO` (0.2) applies.
+        kd_schedule (`str`, *optional*, defaults to `"step"`):
+            `"step"`, `"linear_decay"` or `"linear_ratio_decay"` (see `salt_hf.schedules.kd_weight`).
+        kd_divergence (`str`, *optional*, defaults to `"forward_kl"`):
+            `"forward_kl"` KL(teacher || student), `"reverse_kl"` or `"jsd"`.
+        kd_jsd_beta (`float`, *optional*, defaults to `0.5`):
+            Mixture weight of the generalized JSD; 0 is forward and 1 reverse KL.
+        kd_temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature tau > 0 of the KD term (multiplied by tau^2).
+        kd_chunk_size (`int`, *optional*):
+            Tokens per chunk of the fused loss; automatic (16 MiB per fp32 temporary) by default.
+    """
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Path or hub id of the small teacher model (used when the trainer gets no teacher_model)."},
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": 'Keyword arguments for loading the teacher, e.g. \'{"dtype": "bfloat16"}\'.'},
+    )
+    kd_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "Initial KD weight w in [0, 1]; the loss is (1 - w_t) NLL + w_t KD. 0.5 is the weight of the "
+            "probe in RESEARCH.md and the best of our grid (benchmarks/RESULTS.md, 'KD weight')."
+        },
+    )
+    kd_steps: int | None = field(
+        default=None,
+        metadata={"help": "n_KD: optimizer steps of the KD stage. Exclusive with kd_ratio."},
+    )
+    kd_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": f"n_KD as a fraction of the run's optimizer steps. Exclusive with kd_steps; if neither is set, "
+            f"{DEFAULT_KD_RATIO} (the paper distils for ~17% of its run; benchmarks/RESULTS.md)."
+        },
+    )
+    kd_schedule: Literal["step", "linear_decay", "linear_ratio_decay"] = field(
+        default="step",
+        metadata={"help": "How the KD weight reaches 0 at n_KD. 'step' is the paper's main recipe."},
+    )
+    kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = field(
+        default="forward_kl",
+        metadata={"help": "KD divergence: forward_kl = KL(teacher || student) as in the paper; reverse_kl; jsd."},
+    )
+    kd_jsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "Generalized JSD mixture weight in [0, 1] (0: forward KL, 1: reverse KL)."},
+    )
+    kd_temperature: float = field(
+        default=1.0,
+        metadata={"help": "KD softmax temperature tau > 0; 1 is the field's best for LM distillation."},
+    )
+    kd_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per chunk of the fused NLL+KD loss (bounds its extra memory); automatic if unset."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.teacher_model_init_kwargs, str):
+            # A string that is not JSON (TrainingArguments parses those starting with '{') is a user error.
+            raise ValueError(
+                f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not a JSON object; pass e.g. "
+                '\'{"dtype": "bfloat16"}\'.'
+            )
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight={self.kd_weight} must be in [0, 1].")
+        if self.kd_schedule not in KD_SCHEDULES:
+            raise ValueError(f"kd_schedule={self.kd_schedule!r} must be one of {sorted(KD_SCHEDULES)}.")
+        if self.kd_schedule == "linear_ratio_decay" and self.kd_weight == 1.0:
+            raise ValueError(
+                "kd_weight=1.0 with kd_schedule='linear_ratio_decay' gives an infinite KD/NLL ratio; use kd_weight < 1."
+            )
+        if self.kd_divergence not in DIVERGENCES:
+            raise ValueError(f"kd_divergence={self.kd_divergence!r} must be one of {list(DIVERGENCES)}.")
+        if not 0.0 <= self.kd_jsd_beta <= 1.0:
+            raise ValueError(f"kd_jsd_beta={self.kd_jsd_beta} must be in [0, 1].")
+        if not (self.kd_temperature > 0 and math.isfinite(self.kd_temperature)):
+            raise ValueError(f"kd_temperature={self.kd_temperature} must be a finite number > 0.")
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be >= 1 (or unset for automatic).")
+        if self.kd_steps is not None and self.kd_ratio is not None:
+            raise ValueError(
+                f"kd_steps={self.kd_steps} and kd_ratio={self.kd_ratio} are both set; set exactly one of them."
+            )
+        if self.kd_steps is not None and self.kd_steps < 0:
+            raise ValueError(f"kd_steps={self.kd_steps} must be >= 0.")
+        if self.kd_ratio is not None and not 0.0 <= self.kd_ratio <= 1.0:
+            raise ValueError(f"kd_ratio={self.kd_ratio} must be in [0, 1].")
+        if self.kd_steps is not None and self.max_steps > 0 and self.kd_steps > self.max_steps:
+            raise ValueError(
+                f"kd_steps={self.kd_steps} is beyond max_steps={self.max_steps}: the KD stage would never end. "
+                "Lower kd_steps or use kd_ratio."
+            )
+
+    def resolve_kd_steps(self, max_steps: int) -> int:
+        """n_KD for a run of `max_steps` optimizer steps (`kd_ratio` is rounded up, like `warmup_ratio`)."""
+        if self.kd_steps is not None:
+            return self.kd_steps
+        ratio = DEFAULT_KD_RATIO if self.kd_ratio is None else self.kd_ratio
+        return math.ceil(ratio * max_steps)

@@ -1,0 +1,251 @@
+"""SALTTrainer: a drop-in `transformers.Trainer` that distils from a small teacher during the first n_KD steps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from transformers import PreTrainedModel, Trainer
+
+from .callbacks import TeacherLifecycleCallback
+from .config import SALTConfig
+from .losses import salt_loss
+from .schedules import kd_weight
+from .teacher import (
+    check_tokenizers_match,
+    free_memory,
+    load_teacher,
+    load_teacher_config,
+    load_teacher_tokenizer,
+    output_vocab_size,
+    prepare_teacher,
+    resolve_kd_vocab_size,
+)
+
+logger = get_logger(__name__)
+
+
+class SALTTrainer(Trainer):
+    """
+    [`~transformers.Trainer`] for SALT (Rawat et al., 2024, https://arxiv.org/abs/2410.18779).
+
+    For optimizer steps `t < n_KD` the loss is `((1 - w_t) * NLL_sum + w_t * KD_sum) / num_items_in_batch` with the
+    small teacher's token distributions; from n_KD on it is the plain next-token loss, the teacher is released and
+    never called again. With no teacher or `kd_weight=0` it trains exactly like `Trainer`.
+
+    Args:
+        model (`PreTrainedModel` or `torch.nn.Module`):
+            The student (the larger model), a causal LM; PEFT models work.
+        teacher_model (`PreTrainedModel` or `str`, *optional*):
+            The small, already trained teacher, or its path / hub id (loaded only if the run needs it). Defaults to
+            `args.teacher_model_name_or_path`. It never enters the optimizer or a checkpoint.
+        args (`SALTConfig`, *optional*):
+            Training arguments with the SALT fields.
+        teacher_processing_class (*optional*):
+            The teacher's tokenizer, to check that it equals the student's (`processing_class`). Loaded from the
+            teacher's folder when the teacher is given as a path.
+        **kwargs:
+            Every other argument of `Trainer`.
+    """
+
+    # compute_loss divides the loss by the global number of supervised tokens itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | torch.nn.Module | None = None,
+        teacher_model: PreTrainedModel | torch.nn.Module | str | None = None,
+        args: SALTConfig | None = None,
+        teacher_processing_class=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = SALTConfig(output_dir="trainer_output")
+        elif not isinstance(args, SALTConfig):
+            raise TypeError(
+                f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the same "
+                "fields (it subclasses TrainingArguments)."
+            )
+        super().__init__(model=model, args=args, **kwargs)
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): launch one "
+                "process per GPU with `accelerate launch` or `torchrun`."
+            )
+        # Our compute_loss consumes `num_items_in_batch` (it does not pass it to the model): ask the Trainer to count
+        # supervised tokens over the whole accumulated batch and across processes for every model, and to count them
+        # on shifted labels, since the NLL here is always the causal-LM next-token loss.
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = True
+
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        self.teacher_model: torch.nn.Module | None = None
+        self._teacher_source: str | None = None
+        self._teacher_released = False
+        self._kd_steps: int | None = None
+        self.kd_vocab_size: int | None = None
+        # [nll_sum, kd_sum, kd_tokens, tokens] since the last logging step, on this process
+        self._metric_sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        self._last_kd_weight = 0.0
+
+        if teacher_model is None or args.kd_weight == 0.0:
+            return  # plain Trainer behaviour
+        self._setup_teacher(teacher_model, teacher_processing_class)
+        self.add_callback(TeacherLifecycleCallback(self))
+
+    # ---- teacher --------------------------------------------------------------------------------------------------
+
+    def _setup_teacher(self, teacher_model, teacher_processing_class) -> None:
+        init_kwargs = self.args.teacher_model_init_kwargs
+        if isinstance(teacher_model, str):
+            # Checks need only the config and tokenizer; the weights are loaded when a run starts in the KD stage.
+            self._teacher_source = teacher_model
+            teacher_config = load_teacher_config(teacher_model, init_kwargs)
+            if teacher_processing_class is None:
+                teacher_processing_class = load_teacher_tokenizer(teacher_model, init_kwargs)
+            teacher_vocab = output_vocab_size(teacher_config)
+        else:
+            self.teacher_model = teacher_model
+            teacher_vocab = output_vocab_size(teacher_model)
+
+        tokenizer = self.processing_class if hasattr(self.processing_class, "get_vocab") else None
+        check_tokenizers_match(tokenizer, teacher_processing_class)
+        student_vocab = output_vocab_size(self.accelerator.unwrap_model(self.model))
+        self.kd_vocab_size = resolve_kd_vocab_size(student_vocab, teacher_vocab, tokenizer)
+
+        n_student = sum(p.numel() for p in self.model.parameters())
+        if self.teacher_model is not None:
+            n_teacher = sum(p.numel() for p in self.teacher_model.parameters())
+            if n_teacher > n_student:
+                logger.warning(
+                    f"The teacher ({n_teacher:,} parameters) is larger than the student ({n_student:,}): this is "
+                    "ordinary knowledge distillation, not SALT, whose teacher is the smaller model.",
+                    main_process_only=True,
+                )
+
+    def _ensure_teacher(self) -> None:
+        if self.teacher_model is None and self._teacher_source is not None and not self._teacher_released:
+            logger.info(f"Loading the teacher from {self._teacher_source}", main_process_only=True)
+            self.teacher_model = load_teacher(self._teacher_source, self.args.teacher_model_init_kwargs)
+        if self.teacher_model is not None:
+            prepare_teacher(self.teacher_model, self.accelerator.device)
+
+    def release_teacher(self) -> None:
+        """Drops the trainer's reference to the teacher and frees its memory; it is never called again."""
+        if self._teacher_released:
+            return
+        had_teacher = self.teacher_model is not None
+        self.teacher_model = None
+        self._teacher_released = True
+        free_memory()
+        if had_teacher:
+            logger.info(f"KD stage over at step {self.state.global_step}: teacher released.", main_process_only=True)
+
+    # ---- schedule -------------------------------------------------------------------------------------------------
+
+    def _resolve_kd_steps(self, max_steps: int) -> int:
+        self._kd_steps = self.args.resolve_kd_steps(max_steps)
+        return self._kd_steps
+
+    @property
+    def kd_steps(self) -> int:
+        """n_KD of this run (resolved from `kd_ratio` and the run's `max_steps` when training starts)."""
+        if self._kd_steps is None:
+            self._resolve_kd_steps(self.state.max_steps or self.args.max_steps)
+        return self._kd_steps
+
+    @property
+    def has_teacher(self) -> bool:
+        return self._teacher_source is not None or self.teacher_model is not None
+
+    def current_kd_weight(self, step: int) -> float:
+        """w_t at an optimizer step; a function of the global step alone, so identical on every process."""
+        if not self.has_teacher or self.args.kd_weight == 0.0:
+            return 0.0
+        return kd_weight(step, schedule=self.args.kd_schedule, weight=self.args.kd_weight, kd_steps=self.kd_steps)
+
+    def kd_active(self, step: int) -> bool:
+        return self.current_kd_weight(step) > 0.0
+
+    # ---- loss -----------------------------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        shift_labels = inputs.pop("shift_labels", None)
+        if shift_labels is None:
+            if labels is None:
+                raise ValueError(
+                    "SALTTrainer needs `labels` (or `shift_labels`) in every batch: use a causal-LM collator such as "
+                    "DataCollatorForLanguageModeling(tokenizer, mlm=False) or salt_hf.data's packing."
+                )
+            # Position t predicts token t + 1; the last position of each row predicts nothing.
+            shift_labels = F.pad(labels[..., 1:], (0, 1), value=-100)
+
+        training = model.training
+        w = self.current_kd_weight(self.state.global_step) if training else 0.0
+        outputs = model(**inputs)
+
+        teacher_logits = None
+        if w > 0.0:
+            if self.teacher_model is None:
+                self._ensure_teacher()
+            # The teacher sees exactly the student's inputs (attention mask, position ids of packed sequences).
+            with torch.no_grad(), self.accelerator.autocast():
+                teacher_logits = self.teacher_model(**inputs).logits
+
+        out = salt_loss(
+            outputs.logits,
+            shift_labels,
+            teacher_logits,
+            nll_weight=1.0 - w,
+            kd_weight=w,
+            divergence=self.args.kd_divergence,
+            temperature=self.args.kd_temperature,
+            beta=self.args.kd_jsd_beta,
+            vocab_size=self.kd_vocab_size if teacher_logits is not None else None,
+            chunk_size=self.args.kd_chunk_size,
+        )
+        del teacher_logits
+
+        if num_items_in_batch is None:
+            denominator = out.num_tokens.clamp_min(1)
+            loss = out.loss / denominator
+        else:
+            loss = out.loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # `num_items_in_batch` counts the tokens of all processes, and DDP / DeepSpeed average the
+                # gradients over processes: multiply back so the step equals one process holding the whole batch.
+                loss = loss * self.accelerator.num_processes
+
+        if training:
+            kd_tokens = out.num_tokens if w > 0.0 else torch.zeros_like(out.num_tokens)
+            self._metric_sums += torch.stack([out.nll, out.kd, kd_tokens, out.num_tokens]).to(self._metric_sums)
+            self._last_kd_weight = w
+
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- logging --------------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training logging step: every process gets here together
+            sums = self.accelerator.reduce(self._metric_sums, reduction="sum").tolist()
+            self._metric_sums.zero_()
+            nll_sum, kd_sum, kd_tokens, tokens = sums
+            logs["nll_loss"] = nll_sum / max(tokens, 1.0)
+            logs["kd_loss"] = kd_sum / kd_tokens if kd_tokens > 0 else 0.0
+            logs["kd_weight"] = self._last_kd_weight
+        for key in [k for k in logs if k.endswith("_loss") and k.startswith("eval")]:
+            # eval losses are the plain NLL per token (w = 0 in eval), comparable between SALT and the baseline
+            logs[key[: -len("loss")] + "perplexity"] = math.exp(min(logs[key], 700.0))
+        super().log(logs, start_time)
