@@ -115,7 +115,8 @@ class SALTConfig(TrainingArguments):
             raise ValueError(f"kd_schedule={self.kd_schedule!r} must be one of {sorted(KD_SCHEDULES)}.")
         if self.kd_schedule == "linear_ratio_decay" and self.kd_weight == 1.0:
             raise ValueError(
-                "kd_weight=1.0 with kd_schedule='linear_ratio_decay' gives an infinite KD/NLL ratio; use kd_weight < 1."
+                "kd_weight=1.0 with kd_schedule='linear_ratio_decay' gives an infinite KD/NLL ratio; "
+                "use kd_weight < 1."
             )
         if self.kd_divergence not in DIVERGENCES:
             raise ValueError(f"kd_divergence={self.kd_divergence!r} must be one of {list(DIVERGENCES)}.")

@@ -53,30 +53,35 @@ def _resolve_chunk_size(chunk_size: int | None, vocab: int) -> int:
     return chunk_size
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a[n, v] * b[n, v] as a batched matrix-vector product: one pass, no [n, V] temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 def _divergence_and_grad(
     log_q: torch.Tensor, log_p: torch.Tensor, divergence: str, beta: float, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     Per-token divergence between student log-probs `log_q` and teacher log-probs `log_p` (both fp32 [n, V], already
-    at temperature tau) and its gradient with respect to the tempered student logits z / tau. Consumes its inputs
-    (overwrites them in place) to keep the number of [n, V] temporaries small.
+    at temperature tau; `log_p` clamped to finite values) and its gradient with respect to the tempered student logits
+    z / tau. Consumes its inputs (overwrites them in place) to keep the number of [n, V] temporaries small.
     """
     if divergence == "jsd" and beta == 0.0:
         divergence = "forward_kl"
     elif divergence == "jsd" and beta == 1.0:
         divergence = "reverse_kl"
 
-    q = log_q.exp()
     if divergence == "forward_kl":
         p = log_p.exp()
-        # sum_v p (log p - log q); xlogy-style guard: a teacher probability of exactly 0 contributes 0
-        per_token = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
-        grad = q.sub_(p) if need_grad else None
+        d = log_p.sub_(log_q)  # log p - log q
+        per_token = _rowdot(p, d)
+        grad = log_q.exp_().sub_(p) if need_grad else None  # q - p
         return per_token, grad
 
+    q = log_q.exp()
     if divergence == "reverse_kl":
         d = log_q.sub_(log_p)  # log q - log p
-        per_token = (q * d).sum(-1)
+        per_token = _rowdot(q, d)
         if not need_grad:
             return per_token, None
         # g = d + 1; the constant cancels in q * (g - <q, g>)
@@ -87,9 +92,9 @@ def _divergence_and_grad(
         # log m = log(beta p + (1 - beta) q), computed stably in log space
         log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
         p = log_p.exp()
-        kl_p = torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1)
+        kl_p = _rowdot(p, log_p.sub_(log_m))
         g = log_q.sub_(log_m)  # log q - log m
-        kl_q = (q * g).sum(-1)
+        kl_q = _rowdot(q, g)
         per_token = beta * kl_p + (1.0 - beta) * kl_q
         if not need_grad:
             return per_token, None
@@ -98,6 +103,13 @@ def _divergence_and_grad(
         return per_token, grad
 
     raise ValueError(f"divergence={divergence!r} is not one of {DIVERGENCES}.")
+
+
+def _teacher_log_probs(teacher_chunk: torch.Tensor, vocab_size: int, tau: float) -> torch.Tensor:
+    t = teacher_chunk[:, :vocab_size].float()
+    log_p = torch.log_softmax(t / tau if tau != 1.0 else t, dim=-1)
+    # A teacher logit of -inf (a banned token) gives p = 0 and log p = -inf; clamping keeps 0 * log p finite (= 0).
+    return log_p.clamp_(min=torch.finfo(torch.float32).min)
 
 
 def _fused_forward(
@@ -115,55 +127,79 @@ def _fused_forward(
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Walks over [N, V] logits in chunks of tokens; returns (nll_sum, kd_sum, num_tokens, grad or None)."""
-    n_tokens = student.shape[0]
+    n_tokens, v_s = student.shape
     device = student.device
     nll_sum = torch.zeros((), dtype=torch.float32, device=device)
     kd_sum = torch.zeros((), dtype=torch.float32, device=device)
     grad_buf = torch.empty_like(student) if need_grad else None
     with_kd = teacher is not None and kd_weight != 0.0
     tau = temperature
+    # SALT's default (forward KL, tau 1, one vocabulary): the student's log-probs serve both terms and the gradient
+    # (1 - w)(q - onehot) + w(q - p) = q - w p - (1 - w) onehot is written straight into the buffer.
+    fast_kd = (
+        with_kd
+        and tau == 1.0
+        and vocab_size == v_s
+        and (divergence == "forward_kl" or (divergence, beta) == ("jsd", 0))
+    )
 
     for start in range(0, n_tokens, chunk_size):
         end = min(start + chunk_size, n_tokens)
         lab = labels[start:end]
         mask = lab != ignore_index
-        # 1) student log-probs at temperature 1 (the NLL), in fp32 whatever the input dtype
-        s = student[start:end].float()
-        lse = torch.logsumexp(s, dim=-1, keepdim=True)
-        log_q1 = s - lse
         safe_lab = torch.where(mask, lab, 0).unsqueeze(-1)
-        nll_tok = -log_q1.gather(-1, safe_lab).squeeze(-1)
-        nll_sum += torch.where(mask, nll_tok, 0.0).sum()
+        s = student[start:end].float()
+        # 1) student log-probs at temperature 1 and the NLL, in fp32 whatever the input dtype
+        log_q1 = torch.log_softmax(s, dim=-1)
+        nll_sum += torch.where(mask, -log_q1.gather(-1, safe_lab).squeeze(-1), 0.0).sum()
 
         grad = None
         if need_grad:
-            # d NLL / dz = softmax(z) - onehot(label)
-            grad = log_q1.exp_().mul_(nll_weight) if nll_weight != 0.0 else torch.zeros_like(s)
-            grad.scatter_add_(-1, safe_lab, torch.full_like(safe_lab, -nll_weight, dtype=grad.dtype))
-        del log_q1
+            # written in place into the buffer when it is fp32; through an fp32 temporary otherwise
+            grad = grad_buf[start:end] if grad_buf.dtype == torch.float32 else torch.empty_like(log_q1)
 
         # 2) the KD term on the real vocabulary, at temperature tau
-        if with_kd:
-            sk = s[:, :vocab_size]
-            tk = teacher[start:end, :vocab_size].float()
-            if tau != 1.0:
-                sk = sk / tau
-                tk = tk / tau
-            log_q = torch.log_softmax(sk, dim=-1)
-            log_p = torch.log_softmax(tk, dim=-1)
-            del sk, tk
-            kd_tok, kd_grad = _divergence_and_grad(log_q, log_p, divergence, beta, need_grad)
-            del log_q, log_p
-            kd_sum += torch.where(mask, kd_tok, 0.0).sum() * (tau * tau)
+        if fast_kd:
+            log_p = _teacher_log_probs(teacher[start:end], vocab_size, 1.0)
+            p = log_p.exp()
+            kd_tok = _rowdot(p, log_p.sub_(log_q1))
+            del log_p
+            kd_sum += torch.where(mask, kd_tok, 0.0).sum()
             if need_grad:
-                # tau^2 (scale of the loss) x 1/tau (chain rule through z / tau)
-                grad[:, :vocab_size].add_(kd_grad, alpha=kd_weight * tau)
-                del kd_grad
-        del s
+                torch.exp(log_q1, out=grad)
+                if nll_weight + kd_weight != 1.0:
+                    grad.mul_(nll_weight + kd_weight)
+                grad.sub_(p, alpha=kd_weight)
+            del p
+        else:
+            if need_grad:
+                # d NLL / dz = softmax(z) - onehot(label)
+                torch.exp(log_q1, out=grad)
+                if nll_weight != 1.0:
+                    grad.mul_(nll_weight)
+            if with_kd:
+                if tau == 1.0 and vocab_size == v_s:
+                    log_q = log_q1  # consumed below; the NLL is done with it
+                else:
+                    sk = s[:, :vocab_size]
+                    log_q = torch.log_softmax(sk / tau if tau != 1.0 else sk, dim=-1)
+                log_p = _teacher_log_probs(teacher[start:end], vocab_size, tau)
+                kd_tok, kd_grad = _divergence_and_grad(log_q, log_p, divergence, beta, need_grad)
+                del log_q, log_p
+                kd_sum += torch.where(mask, kd_tok, 0.0).sum() * (tau * tau)
+                if need_grad:
+                    # tau^2 (scale of the loss) x 1/tau (chain rule through z / tau)
+                    grad[:, :vocab_size].add_(kd_grad, alpha=kd_weight * tau)
+                    del kd_grad
+        del log_q1, s
 
         if need_grad:
+            if nll_weight != 0.0:
+                grad.scatter_add_(-1, safe_lab, torch.full(safe_lab.shape, -nll_weight, device=device))
+            # unsupervised rows get no gradient
             grad.mul_(mask.unsqueeze(-1))
-            grad_buf[start:end].copy_(grad)
+            if grad.data_ptr() != grad_buf[start:end].data_ptr():
+                grad_buf[start:end].copy_(grad)
             del grad
 
     num_tokens = (labels != ignore_index).sum()

@@ -20,7 +20,10 @@ def _resolve_dtype_kwargs(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         value = kwargs.get(key)
         if isinstance(value, str) and value != "auto":
             if not isinstance(getattr(torch, value, None), torch.dtype):
-                raise ValueError(f"teacher_model_init_kwargs[{key!r}]={value!r} is not a torch dtype (e.g. 'bfloat16').")
+                raise ValueError(
+                    f"teacher_model_init_kwargs[{key!r}]={value!r} is not a torch dtype "
+                    "(e.g. 'bfloat16')."
+                )
             kwargs[key] = getattr(torch, value)
     return kwargs
 
@@ -70,8 +73,8 @@ def check_tokenizers_match(student_tokenizer, teacher_tokenizer) -> None:
     only_t = len(set(tv.items()) - set(sv.items()))
     raise ValueError(
         f"The teacher's tokenizer differs from the student's ({len(tv)} vs {len(sv)} tokens; {only_s} student and "
-        f"{only_t} teacher (token, id) pairs have no match). Token-level KD needs one tokenizer: use a teacher trained "
-        "with the student's tokenizer."
+        f"{only_t} teacher (token, id) pairs have no match). Token-level KD needs one tokenizer: use a teacher "
+        "trained with the student's tokenizer."
     )
 
 

@@ -66,14 +66,14 @@ class SALTTrainer(Trainer):
             args = SALTConfig(output_dir="trainer_output")
         elif not isinstance(args, SALTConfig):
             raise TypeError(
-                f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the same "
-                "fields (it subclasses TrainingArguments)."
+                f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the "
+                "same fields (it subclasses TrainingArguments)."
             )
         super().__init__(model=model, args=args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError(
-                f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): launch one "
-                "process per GPU with `accelerate launch` or `torchrun`."
+                f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): "
+                "launch one process per GPU with `accelerate launch` or `torchrun`."
             )
         # Our compute_loss consumes `num_items_in_batch` (it does not pass it to the model): ask the Trainer to count
         # supervised tokens over the whole accumulated batch and across processes for every model, and to count them
