@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/salt-train --config configs/demo.yaml
+	$(VENV)/bin/salt-demo --config configs/demo.yaml
 
 test: install
 	$(PY) -m pytest -q -m "not slow" --timeout 900

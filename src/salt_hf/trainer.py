@@ -69,6 +69,23 @@ class SALTTrainer(Trainer):
                 f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the "
                 "same fields (it subclasses TrainingArguments)."
             )
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        self.teacher_model: torch.nn.Module | None = None
+        self._teacher_source: str | None = None
+        self._teacher_released = False
+        self._kd_steps: int | None = None
+        self.kd_vocab_size: int | None = None
+        if teacher_model is not None and args.kd_weight > 0.0:
+            # Every check runs before Trainer.__init__, which creates the output folder.
+            self._setup_teacher(
+                model,
+                teacher_model,
+                args.teacher_model_init_kwargs,
+                kwargs.get("processing_class"),
+                teacher_processing_class,
+            )
+
         super().__init__(model=model, args=args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError(
@@ -80,27 +97,15 @@ class SALTTrainer(Trainer):
         # on shifted labels, since the NLL here is always the causal-LM next-token loss.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
-
-        if teacher_model is None:
-            teacher_model = args.teacher_model_name_or_path
-        self.teacher_model: torch.nn.Module | None = None
-        self._teacher_source: str | None = None
-        self._teacher_released = False
-        self._kd_steps: int | None = None
-        self.kd_vocab_size: int | None = None
         # [nll_sum, kd_sum, kd_tokens, tokens] since the last logging step, on this process
         self._metric_sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
         self._last_kd_weight = 0.0
-
-        if teacher_model is None or args.kd_weight == 0.0:
-            return  # plain Trainer behaviour
-        self._setup_teacher(teacher_model, teacher_processing_class)
-        self.add_callback(TeacherLifecycleCallback(self))
+        if self.has_teacher:
+            self.add_callback(TeacherLifecycleCallback(self))
 
     # ---- teacher --------------------------------------------------------------------------------------------------
 
-    def _setup_teacher(self, teacher_model, teacher_processing_class) -> None:
-        init_kwargs = self.args.teacher_model_init_kwargs
+    def _setup_teacher(self, student, teacher_model, init_kwargs, processing_class, teacher_processing_class) -> None:
         if isinstance(teacher_model, str):
             # Checks need only the config and tokenizer; the weights are loaded when a run starts in the KD stage.
             self._teacher_source = teacher_model
@@ -112,12 +117,11 @@ class SALTTrainer(Trainer):
             self.teacher_model = teacher_model
             teacher_vocab = output_vocab_size(teacher_model)
 
-        tokenizer = self.processing_class if hasattr(self.processing_class, "get_vocab") else None
+        tokenizer = processing_class if hasattr(processing_class, "get_vocab") else None
         check_tokenizers_match(tokenizer, teacher_processing_class)
-        student_vocab = output_vocab_size(self.accelerator.unwrap_model(self.model))
-        self.kd_vocab_size = resolve_kd_vocab_size(student_vocab, teacher_vocab, tokenizer)
+        self.kd_vocab_size = resolve_kd_vocab_size(output_vocab_size(student), teacher_vocab, tokenizer)
 
-        n_student = sum(p.numel() for p in self.model.parameters())
+        n_student = sum(p.numel() for p in student.parameters())
         if self.teacher_model is not None:
             n_teacher = sum(p.numel() for p in self.teacher_model.parameters())
             if n_teacher > n_student:

@@ -1,0 +1,175 @@
+"""`make demo` / `salt-demo`: SALT against plain training on the built-in corpus, on a laptop CPU, no download.
+
+    salt-demo --config configs/demo.yaml
+
+1. trains a byte-level BPE tokenizer on the built-in corpus (the Python standard library's own source);
+2. pretrains a small teacher (`--teacher_config`, ~1M parameters);
+3. trains the student (`--model_config`, ~5M) twice from the same seed and data order: plain, and with SALT;
+4. prints a table, writes `curves.png` (validation loss of both runs) and `summary.json` to the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .train import (
+    ARG_CLASSES,
+    DataArguments,
+    InputError,
+    ModelArguments,
+    RunArguments,
+    _corpus_texts,
+    check_output_dir,
+    parse_args,
+    run,
+)
+
+
+@dataclass
+class DemoArguments:
+    teacher_config: str = field(default="1m", metadata={"help": "Size of the demo's teacher (named or JSON)."})
+    teacher_max_steps: int = field(default=600, metadata={"help": "Optimizer steps of the teacher's pretraining."})
+    teacher_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of the teacher."})
+
+
+def eval_curve(log_history) -> list[tuple[int, float]]:
+    return [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+
+
+def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
+    """First evaluated step whose validation loss is at or below `target` (None if never)."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, curve in curves.items():
+        ax.plot([s for s, _ in curve], [v for _, v in curve], marker="o", markersize=3, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summarise(results: dict[str, dict], kd_steps: int) -> dict:
+    base_curve = eval_curve(results["baseline"]["log_history"])
+    target = base_curve[-1][1]
+    total = base_curve[-1][0]
+    rows = {}
+    for name, res in results.items():
+        m = res["metrics"]
+        curve = eval_curve(res["log_history"])
+        reach = steps_to_target(curve, target) if name != "teacher" else None
+        rows[name] = {
+            "eval_loss": m["eval_loss"],
+            "perplexity": math.exp(m["eval_loss"]),
+            "accuracy": m.get("eval_accuracy"),
+            "train_runtime_s": m["train_runtime"],
+            "steps": curve[-1][0] if curve else None,
+            "steps_to_baseline_final": reach,
+            "steps_to_target_ratio": reach / total if reach is not None else None,
+            "curve": curve,
+        }
+    return {"baseline_final_eval_loss": target, "kd_steps": kd_steps, "runs": rows}
+
+
+def print_table(summary: dict) -> None:
+    head = f"{'run':<10}{'val loss':>10}{'ppl':>9}{'acc':>8}{'wall s':>9}{'steps to baseline final':>26}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for name, r in summary["runs"].items():
+        reach = "-" if name == "teacher" else (r["steps_to_baseline_final"] or "not reached")
+        if name != "teacher" and r["steps_to_target_ratio"] is not None:
+            reach = f"{reach} ({r['steps_to_target_ratio']:.2f})"
+        print(f"{name:<10}{r['eval_loss']:>10.4f}{r['perplexity']:>9.2f}{(r['accuracy'] or 0):>8.3f}"
+              f"{r['train_runtime_s']:>9.1f}{reach:>26}")  # fmt: skip
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        model_args, data_args, training_args, run_args, demo_args = parse_args(argv, (*ARG_CLASSES, DemoArguments))
+        return run_demo(model_args, data_args, training_args, run_args, demo_args)
+    except (InputError, ValueError, FileNotFoundError) as err:
+        print(f"salt-demo: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run_demo(model_args: ModelArguments, data_args: DataArguments, training_args, run_args: RunArguments,
+             demo_args: DemoArguments) -> int:  # fmt: skip
+    from ..data import builtin_corpus, train_bpe_tokenizer
+
+    root = training_args.output_dir
+    check_output_dir(training_args, run_args)
+    os.makedirs(root, exist_ok=True)
+
+    # 1) one tokenizer for teacher and student (token-level KD needs the same token ids)
+    corpus = builtin_corpus(validation_fraction=data_args.validation_fraction, max_bytes=data_args.max_corpus_bytes)
+    tokenizer = train_bpe_tokenizer(
+        _corpus_texts(corpus["train"], "text"),
+        vocab_size=model_args.tokenizer_vocab_size,
+        save_dir=os.path.join(root, "tokenizer"),
+    )
+
+    def args_for(name: str, **changes):
+        return dataclasses.replace(training_args, output_dir=os.path.join(root, name), **changes)
+
+    results = {}
+    # 2) the teacher: small, pretrained once (a small LM is an existing asset in SALT)
+    teacher_model_args = dataclasses.replace(model_args, model_config=demo_args.teacher_config)
+    results["teacher"] = run(
+        teacher_model_args,
+        data_args,
+        args_for(
+            "teacher",
+            max_steps=demo_args.teacher_max_steps,
+            learning_rate=demo_args.teacher_learning_rate,
+            kd_weight=0.0,
+            kd_steps=None,
+            kd_ratio=None,
+            teacher_model_name_or_path=None,
+        ),
+        run_args,
+        tokenizer=tokenizer,
+    )
+    # 3) the student twice, same seed and data order: plain, then SALT with the teacher above
+    results["baseline"] = run(
+        model_args, data_args, args_for("baseline", kd_weight=0.0, teacher_model_name_or_path=None), run_args,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    results["salt"] = run(
+        model_args, data_args, args_for("salt", teacher_model_name_or_path=os.path.join(root, "teacher")), run_args,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+
+    # 4) report
+    kd_steps = results["salt"]["trainer"].kd_steps
+    summary = summarise(results, kd_steps)
+    summary["config"] = {"student": model_args.model_config, "teacher": demo_args.teacher_config,
+                         "kd_weight": training_args.kd_weight, "kd_schedule": training_args.kd_schedule,
+                         "max_steps": training_args.max_steps, "seq_length": data_args.seq_length}  # fmt: skip
+    Path(root, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    curves = {name: summary["runs"][name]["curve"] for name in ("baseline", "salt")}
+    title = f"{model_args.model_config} student, {demo_args.teacher_config} teacher, n_KD = {kd_steps}"
+    plot_curves(curves, os.path.join(root, "curves.png"), title)
+    print_table(summary)
+    print(f"Wrote {root}/summary.json and {root}/curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
