@@ -60,8 +60,9 @@ def make_trainers(vocab: int, device: str, dtype, which: str):
         args = SALTConfig(**common, kd_weight=0.5, kd_steps=10**6)
         out["kd"] = SALTTrainer(model=build(vocab, STUDENT, 0, torch.float32), teacher_model=teacher, args=args)
     for trainer in out.values():
+        # prepare() puts the model on its device and, for bf16, wraps its forward in autocast as train() would
+        trainer.model = trainer.accelerator.prepare(trainer.model.to(trainer.args.device))
         trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
-        trainer.model.to(trainer.args.device)
         if isinstance(trainer, SALTTrainer):
             trainer._resolve_kd_steps(10**6)
             trainer._ensure_teacher()

@@ -105,9 +105,9 @@ def _stdlib_files(root: Path) -> list[tuple[str, int, int]]:
         # config-3.x-<platform> holds the build's Makefile and helpers, not library code
         dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIPPED_DIRS and not d.startswith("config-")]
         for name in filenames:
-            if name.endswith(".py"):
-                path = Path(dirpath, name)
-                stat = path.stat()
+            path = Path(dirpath, name)
+            # empty files (many __init__.py) would only add empty rows
+            if name.endswith(".py") and (stat := path.stat()).st_size > 0:
                 files.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
     return sorted(files)
 
@@ -132,7 +132,7 @@ def _select_within_budget(files: list[tuple[str, int, int]], budget: int | None)
 
 
 def _read_stdlib_files(root: str, files: list[tuple[str, int, int, int]]) -> Iterator[dict[str, str]]:
-    # Module-level and free of globals so that datasets can pickle it; the cache key is our own fingerprint.
+    # Module-level, so that datasets and its worker processes can pickle it by reference.
     for path, size, _, take in files:
         data = (Path(root) / path).read_bytes()
         if take < size:
@@ -528,7 +528,7 @@ def _pack_one(
         return dataset.map(_pack_batch, **map_kwargs)
     # Our own fingerprint instead of datasets' hash of the function's arguments: hashing the tokenizer object is
     # not stable across runs (datasets#3638), and an unstable fingerprint silently disables the cache.
-    key = [_CACHE_VERSION, dataset._fingerprint, tokenizer_hash, batch_size, id(tokenizer)]
+    key = [_CACHE_VERSION, dataset._fingerprint, tokenizer_hash, batch_size]
     key.append({k: v for k, v in fn_kwargs.items() if k != "tokenizer"})
     return dataset.map(
         _pack_batch,
