@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# datasets reads its cache location at import: keep the suite's Arrow caches out of the user's cache.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="salt_hf_tests_datasets_"))
 
 import sysconfig  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -102,6 +103,15 @@ class SALTConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if isinstance(self.teacher_model_init_kwargs, str) and self.teacher_model_init_kwargs.startswith("{"):
+            # TrainingArguments parses it; check first so that a malformed string is reported by its field name
+            try:
+                json.loads(self.teacher_model_init_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not valid JSON ({err}); pass "
+                    'e.g. \'{"dtype": "bfloat16"}\'.'
+                ) from None
         super().__post_init__()
         if isinstance(self.teacher_model_init_kwargs, str):
             # A string that is not JSON (TrainingArguments parses those starting with '{') is a user error.
@@ -145,4 +155,5 @@ class SALTConfig(TrainingArguments):
         if self.kd_steps is not None:
             return self.kd_steps
         ratio = DEFAULT_KD_RATIO if self.kd_ratio is None else self.kd_ratio
-        return math.ceil(ratio * max_steps)
+        # round first: 0.07 * 100 is 7.000000000000001 in floating point and must give 7, not 8
+        return math.ceil(round(ratio * max_steps, 9))

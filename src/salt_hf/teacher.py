@@ -21,8 +21,7 @@ def _resolve_dtype_kwargs(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         if isinstance(value, str) and value != "auto":
             if not isinstance(getattr(torch, value, None), torch.dtype):
                 raise ValueError(
-                    f"teacher_model_init_kwargs[{key!r}]={value!r} is not a torch dtype "
-                    "(e.g. 'bfloat16')."
+                    f"teacher_model_init_kwargs[{key!r}]={value!r} is not a torch dtype (e.g. 'bfloat16')."
                 )
             kwargs[key] = getattr(torch, value)
     return kwargs

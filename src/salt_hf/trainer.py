@@ -28,6 +28,17 @@ from .teacher import (
 logger = get_logger(__name__)
 
 
+def _warn_if_teacher_larger(teacher: torch.nn.Module, student: torch.nn.Module) -> None:
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    n_student = sum(p.numel() for p in student.parameters())
+    if n_teacher > n_student:
+        logger.warning(
+            f"The teacher ({n_teacher:,} parameters) is larger than the student ({n_student:,}): this is ordinary "
+            "knowledge distillation, not SALT, whose teacher is the smaller model.",
+            main_process_only=True,
+        )
+
+
 class SALTTrainer(Trainer):
     """
     [`~transformers.Trainer`] for SALT (Rawat et al., 2024, https://arxiv.org/abs/2410.18779).
@@ -121,20 +132,14 @@ class SALTTrainer(Trainer):
         check_tokenizers_match(tokenizer, teacher_processing_class)
         self.kd_vocab_size = resolve_kd_vocab_size(output_vocab_size(student), teacher_vocab, tokenizer)
 
-        n_student = sum(p.numel() for p in student.parameters())
         if self.teacher_model is not None:
-            n_teacher = sum(p.numel() for p in self.teacher_model.parameters())
-            if n_teacher > n_student:
-                logger.warning(
-                    f"The teacher ({n_teacher:,} parameters) is larger than the student ({n_student:,}): this is "
-                    "ordinary knowledge distillation, not SALT, whose teacher is the smaller model.",
-                    main_process_only=True,
-                )
+            _warn_if_teacher_larger(self.teacher_model, student)
 
     def _ensure_teacher(self) -> None:
         if self.teacher_model is None and self._teacher_source is not None and not self._teacher_released:
             logger.info(f"Loading the teacher from {self._teacher_source}", main_process_only=True)
             self.teacher_model = load_teacher(self._teacher_source, self.args.teacher_model_init_kwargs)
+            _warn_if_teacher_larger(self.teacher_model, self.model)
         if self.teacher_model is not None:
             prepare_teacher(self.teacher_model, self.accelerator.device)
 
