@@ -12,9 +12,9 @@ we report its peak resident set above the resident set of a process that has imp
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -139,20 +139,30 @@ def time_all(vocab: int, device: str, dtype: str, steps: int) -> dict:
     return row
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def cpu_peak_child(vocab: int, which: str) -> dict:
-    """Runs in a fresh process: peak RSS of 3 steps above the RSS before any model exists."""
+    """
+    Runs in a fresh process whose malloc returns freed memory at once (MALLOC_MMAP_THRESHOLD_ / TRIM_THRESHOLD_,
+    set by the parent), so the resident set follows live tensors. The peak resident set of one step (reset through
+    /proc/self/clear_refs after two warm-up steps) minus the resident set before any model existed: parameters,
+    gradients, optimizer state and the step's activations and logits.
+    """
     inputs = batch(vocab, "cpu")
-    base = rss_mib()
+    gc.collect()
+    base = _status_mib("VmRSS")
     trainers = make_trainers(vocab, "cpu", "fp32", which)
-    for _ in range(3):
+    for _ in range(2):
         step(trainers[which], inputs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"which": which, "peak_above_base_mib": peak - base}
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, the peak resident set
+    step(trainers[which], inputs)
+    return {"which": which, "peak_above_base_mib": _status_mib("VmHWM") - base}
 
 
 def main():
@@ -175,8 +185,9 @@ def main():
         row = time_all(vocab, args.device, args.dtype, args.steps)
         if args.device == "cpu":
             for which in ("plain", "kd"):
+                env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
                 out = subprocess.run([sys.executable, __file__, "--_child", str(vocab), which], capture_output=True,
-                                     text=True, check=True)  # fmt: skip
+                                     text=True, check=True, env=env)  # fmt: skip
                 row[f"peak_mib_{which}"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_above_base_mib"]
             row["kd_peak_over_plain_peak"] = row["peak_mib_kd"] / row["peak_mib_plain"]
         row["wall_s"] = time.time() - t0

@@ -105,11 +105,21 @@ def _divergence_and_grad(
     raise ValueError(f"divergence={divergence!r} is not one of {DIVERGENCES}.")
 
 
-def _teacher_log_probs(teacher_chunk: torch.Tensor, vocab_size: int, tau: float) -> torch.Tensor:
+def _teacher_log_probs(teacher_chunk: torch.Tensor, vocab_size: int, tau: float, clamp: bool = True) -> torch.Tensor:
     t = teacher_chunk[:, :vocab_size].float()
     log_p = torch.log_softmax(t / tau if tau != 1.0 else t, dim=-1)
     # A teacher logit of -inf (a banned token) gives p = 0 and log p = -inf; clamping keeps 0 * log p finite (= 0).
-    return log_p.clamp_(min=torch.finfo(torch.float32).min)
+    return log_p.clamp_(min=torch.finfo(torch.float32).min) if clamp else log_p
+
+
+def _forward_kl_fast(teacher_chunk, log_q1, vocab_size):
+    """(per-token KL(p || q), p) at tau 1; the clamp pass is paid only by chunks whose teacher has -inf logits."""
+    for clamp in (False, True):
+        log_p = _teacher_log_probs(teacher_chunk, vocab_size, 1.0, clamp=clamp)
+        p = log_p.exp()
+        kd_tok = _rowdot(p, log_p.sub_(log_q1))
+        if clamp or bool(torch.isfinite(kd_tok).all()):
+            return kd_tok, p
 
 
 def _fused_forward(
@@ -160,10 +170,7 @@ def _fused_forward(
 
         # 2) the KD term on the real vocabulary, at temperature tau
         if fast_kd:
-            log_p = _teacher_log_probs(teacher[start:end], vocab_size, 1.0)
-            p = log_p.exp()
-            kd_tok = _rowdot(p, log_p.sub_(log_q1))
-            del log_p
+            kd_tok, p = _forward_kl_fast(teacher[start:end], log_q1, vocab_size)
             kd_sum += torch.where(mask, kd_tok, 0.0).sum()
             if need_grad:
                 torch.exp(log_q1, out=grad)
@@ -196,8 +203,10 @@ def _fused_forward(
         if need_grad:
             if nll_weight != 0.0:
                 grad.scatter_add_(-1, safe_lab, torch.full(safe_lab.shape, -nll_weight, device=device))
-            # unsupervised rows get no gradient
-            grad.mul_(mask.unsqueeze(-1))
+            # unsupervised rows get no gradient (zeroed row by row: usually a few rows, not a pass over the chunk)
+            unsupervised = (~mask).nonzero().squeeze(-1)
+            if unsupervised.numel():
+                grad.index_fill_(0, unsupervised, 0.0)
             if grad.data_ptr() != grad_buf[start:end].data_ptr():
                 grad_buf[start:end].copy_(grad)
             del grad
