@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gc
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,10 +30,51 @@ def _resolve_dtype_kwargs(init_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
-def load_teacher(name_or_path: str, init_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
-    """Loads a causal-LM teacher with `from_pretrained` (safetensors only unless the kwargs say otherwise)."""
+@contextlib.contextmanager
+def _loading_context(zero3_config: dict[str, Any] | None) -> Iterator[None]:
+    """
+    Decides how `from_pretrained` places the teacher's weights on this process, whatever the student's setup says.
+
+    transformers partitions weights at load time (`deepspeed.zero.Init`) whenever a ZeRO-3 `HfDeepSpeedConfig` is alive
+    (a `SALTConfig(deepspeed=...)` of stage 3 keeps one), and under FSDP with `FSDP_CPU_RAM_EFFICIENT_LOADING` it loads
+    weights on the local main process only, leaving the others on the meta device for FSDP to broadcast. Neither fits
+    a teacher that no ZeRO/FSDP wrapper will ever own. With `zero3_config=None` the whole teacher is loaded on every
+    process; with a ZeRO-3 config it is partitioned at load with that config (then handed to `deepspeed.initialize`).
+    """
+    # transformers (>=5.20,<6) exposes no switch for this: it reads one module-level weak reference, which we swap for
+    # the duration of the load and restore afterwards, so the student's configuration is left exactly as it was.
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    previous_ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    previous_fsdp = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    keep_alive = None
+    try:
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+        if zero3_config is None:
+            hf_deepspeed.unset_hf_deepspeed_config()
+        else:
+            keep_alive = hf_deepspeed.HfDeepSpeedConfig(zero3_config)  # sets the module's weak reference to itself
+        yield
+    finally:
+        del keep_alive
+        hf_deepspeed._hf_deepspeed_config_weak_ref = previous_ref
+        if previous_fsdp is None:
+            os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
+        else:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = previous_fsdp
+
+
+def load_teacher(
+    name_or_path: str, init_kwargs: dict[str, Any] | None = None, zero3_config: dict[str, Any] | None = None
+) -> PreTrainedModel:
+    """
+    Loads a causal-LM teacher with `from_pretrained` (safetensors only unless the kwargs say otherwise): whole on this
+    process by default, even under a ZeRO-3 or FSDP student; partitioned at load when a ZeRO-3 `zero3_config` is given
+    (see `zero3_inference_config`).
+    """
     kwargs = {"use_safetensors": True, **_resolve_dtype_kwargs(init_kwargs)}
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    with _loading_context(zero3_config):
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
 
 
 def load_teacher_config(name_or_path: str, init_kwargs: dict[str, Any] | None = None) -> PretrainedConfig:
@@ -101,8 +145,83 @@ def resolve_kd_vocab_size(student_vocab: int, teacher_vocab: int, tokenizer=None
     return min(student_vocab, teacher_vocab)
 
 
+def num_parameters(model: torch.nn.Module) -> int:
+    """Parameters of a model, counted at full size also when ZeRO-3 has partitioned them (then `numel()` is 0)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def is_zero3_partitioned(model: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has partitioned the model's weights (created under `zero.Init` or already wrapped)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _hidden_size(config: PretrainedConfig) -> int | None:
+    text = config.get_text_config()
+    sizes = getattr(text, "hidden_sizes", None)
+    return max(sizes) if sizes else getattr(text, "hidden_size", None)
+
+
+def zero3_inference_config(
+    teacher_config: PretrainedConfig,
+    micro_batch_size: int,
+    trainer_ds_config: dict[str, Any] | None = None,
+    bf16: bool = False,
+    fp16: bool = False,
+) -> dict[str, Any]:
+    """
+    The DeepSpeed config that shards a frozen teacher with ZeRO-3 for inference (no optimizer, no scheduler).
+
+    Derived from the student's DeepSpeed config when there is one (its precision and parameter offload, so a teacher of
+    a `zero3_offload` run is offloaded too), else from the `TrainingArguments` flags. Bucket sizes follow the teacher's
+    hidden size, as transformers' "auto" values do for the student: parameters below `10 * hidden` elements (norms,
+    biases) stay whole on every process, which avoids one all-gather per tiny tensor.
+    """
+    trainer_ds_config = trainer_ds_config or {}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    for key, flag in (("bf16", bf16), ("fp16", fp16)):
+        enabled = trainer_ds_config.get(key, {}).get("enabled", "auto")
+        config[key] = {"enabled": flag if enabled == "auto" else bool(enabled)}
+    zero: dict[str, Any] = {"stage": 3}
+    offload = trainer_ds_config.get("zero_optimization", {}).get("offload_param")
+    if offload and offload.get("device", "none") != "none":
+        zero["offload_param"] = copy.deepcopy(offload)
+    hidden = _hidden_size(teacher_config)
+    if hidden is not None:
+        zero.update(
+            reduce_bucket_size=hidden * hidden,
+            stage3_prefetch_bucket_size=int(0.9 * hidden * hidden),
+            stage3_param_persistence_threshold=10 * hidden,
+        )
+    config["zero_optimization"] = zero
+    return config
+
+
+def shard_teacher_zero3(teacher: torch.nn.Module, ds_config: dict[str, Any]) -> torch.nn.Module:
+    """
+    Wraps a frozen teacher in a DeepSpeed ZeRO-3 inference engine: each process keeps 1/world of its weights and
+    all-gathers a layer's weights just before using them. Its forward is therefore a collective, which every process
+    must run on the same steps (SALTTrainer decides from the global step alone). A teacher loaded under `zero.Init`
+    keeps its partitioning; a whole one is partitioned here.
+    """
+    import deepspeed
+
+    teacher.eval()
+    teacher.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
+    engine.eval()
+    return engine
+
+
 def prepare_teacher(teacher: PreTrainedModel, device: torch.device) -> PreTrainedModel:
-    """Frozen and in eval mode; moved to the process's device unless the user placed it with a device_map."""
+    """
+    Frozen and in eval mode; moved to the process's device unless the user placed it with a device_map. Never wrapped
+    by DDP or FSDP: every process holds the whole teacher on its own device (`accelerator.device`).
+    """
     teacher.eval()
     teacher.requires_grad_(False)
     if getattr(teacher, "hf_device_map", None) is None:

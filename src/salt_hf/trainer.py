@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
+from accelerate.utils import is_deepspeed_available
 from transformers import PreTrainedModel, Trainer
 
 from .callbacks import TeacherLifecycleCallback
@@ -17,20 +18,23 @@ from .schedules import kd_weight
 from .teacher import (
     check_tokenizers_match,
     free_memory,
+    is_zero3_partitioned,
     load_teacher,
     load_teacher_config,
     load_teacher_tokenizer,
+    num_parameters,
     output_vocab_size,
     prepare_teacher,
     resolve_kd_vocab_size,
+    shard_teacher_zero3,
+    zero3_inference_config,
 )
 
 logger = get_logger(__name__)
 
 
 def _warn_if_teacher_larger(teacher: torch.nn.Module, student: torch.nn.Module) -> None:
-    n_teacher = sum(p.numel() for p in teacher.parameters())
-    n_student = sum(p.numel() for p in student.parameters())
+    n_teacher, n_student = num_parameters(teacher), num_parameters(student)
     if n_teacher > n_student:
         logger.warning(
             f"The teacher ({n_teacher:,} parameters) is larger than the student ({n_student:,}): this is ordinary "
@@ -85,10 +89,16 @@ class SALTTrainer(Trainer):
         self.teacher_model: torch.nn.Module | None = None
         self._teacher_source: str | None = None
         self._teacher_released = False
+        self._teacher_placement_used: str | None = None  # set when the teacher is placed: "replicate" or "zero3"
         self._kd_steps: int | None = None
         self.kd_vocab_size: int | None = None
         if teacher_model is not None and args.kd_weight > 0.0:
             # Every check runs before Trainer.__init__, which creates the output folder.
+            if args.teacher_placement == "zero3" and not is_deepspeed_available():
+                raise ImportError(
+                    "teacher_placement='zero3' shards the teacher with DeepSpeed, which is not installed: "
+                    "pip install 'salt_hf[deepspeed]' (or use teacher_placement='replicate')."
+                )
             self._setup_teacher(
                 model,
                 teacher_model,
@@ -102,6 +112,11 @@ class SALTTrainer(Trainer):
             raise ValueError(
                 f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): "
                 "launch one process per GPU with `accelerate launch` or `torchrun`."
+            )
+        if self.has_teacher and self.args.teacher_placement == "zero3" and self.is_fsdp_enabled:
+            raise ValueError(
+                "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP "
+                "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
         # Our compute_loss consumes `num_items_in_batch` (it does not pass it to the model): ask the Trainer to count
         # supervised tokens over the whole accumulated batch and across processes for every model, and to count them
@@ -135,19 +150,63 @@ class SALTTrainer(Trainer):
         if self.teacher_model is not None:
             _warn_if_teacher_larger(self.teacher_model, student)
 
+    def _teacher_placement(self) -> str:
+        """'replicate' or 'zero3'; a teacher the user built under an active ZeRO-3 config is already partitioned."""
+        if self.args.teacher_placement == "replicate" and self.teacher_model is not None:
+            if is_zero3_partitioned(self.teacher_model):
+                logger.warning(
+                    "The teacher was created under DeepSpeed ZeRO-3 (`zero.Init`, e.g. by from_pretrained after "
+                    "SALTConfig(deepspeed=<stage 3>)), so its weights are partitioned: sharding it with ZeRO-3 "
+                    "inference. Pass the teacher's path, or load it before creating SALTConfig, to replicate it.",
+                    main_process_only=True,
+                )
+                return "zero3"
+        return self.args.teacher_placement
+
+    def _teacher_zero3_config(self) -> dict:
+        plugin = self.accelerator.state.deepspeed_plugin
+        source = self.teacher_model if self.teacher_model is not None else self._teacher_source
+        teacher_config = (
+            source.config
+            if not isinstance(source, str)
+            else load_teacher_config(source, self.args.teacher_model_init_kwargs)
+        )
+        return zero3_inference_config(
+            teacher_config,
+            micro_batch_size=self.args.per_device_train_batch_size,
+            trainer_ds_config=plugin.deepspeed_config if plugin is not None else None,
+            bf16=self.args.bf16,
+            fp16=self.args.fp16,
+        )
+
     def _ensure_teacher(self) -> None:
-        if self.teacher_model is None and self._teacher_source is not None and not self._teacher_released:
+        """
+        Loads (if given as a path) and places the teacher, once. Runs on every process at the same step (at the start
+        of a run inside the KD stage): with ZeRO-3 placement, loading and wrapping are collectives.
+        """
+        if self._teacher_released or self._teacher_placement_used is not None or not self.has_teacher:
+            return
+        placement = self._teacher_placement()
+        zero3_config = self._teacher_zero3_config() if placement == "zero3" else None
+        if self.teacher_model is None:
             logger.info(f"Loading the teacher from {self._teacher_source}", main_process_only=True)
-            self.teacher_model = load_teacher(self._teacher_source, self.args.teacher_model_init_kwargs)
+            self.teacher_model = load_teacher(
+                self._teacher_source, self.args.teacher_model_init_kwargs, zero3_config=zero3_config
+            )
             _warn_if_teacher_larger(self.teacher_model, self.model)
-        if self.teacher_model is not None:
+        if placement == "zero3":
+            self.teacher_model = shard_teacher_zero3(self.teacher_model, zero3_config)
+        else:
             prepare_teacher(self.teacher_model, self.accelerator.device)
+        self._teacher_placement_used = placement
 
     def release_teacher(self) -> None:
         """Drops the trainer's reference to the teacher and frees its memory; it is never called again."""
         if self._teacher_released:
             return
         had_teacher = self.teacher_model is not None
+        if had_teacher and self._teacher_placement_used == "zero3":
+            self.teacher_model.destroy()  # the DeepSpeed engine: removes its parameter-gathering hooks
         self.teacher_model = None
         self._teacher_released = True
         free_memory()
@@ -207,7 +266,9 @@ class SALTTrainer(Trainer):
 
         teacher_logits = None
         if w > 0.0:
-            if self.teacher_model is None:
+            # w comes from the global step: every process gets here on the same steps (a ZeRO-3 teacher's forward
+            # and placement are collectives).
+            if self._teacher_placement_used is None:
                 self._ensure_teacher()
             # The teacher sees exactly the student's inputs (attention mask, position ids of packed sequences).
             with torch.no_grad(), self.accelerator.autocast():

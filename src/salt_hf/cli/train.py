@@ -34,7 +34,6 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import SALTConfig
-from ..data import builtin_corpus, load_text_dataset, tokenize_and_pack, train_bpe_tokenizer
 from ..teacher import load_teacher_config, output_vocab_size
 from ..trainer import SALTTrainer
 
@@ -44,6 +43,7 @@ logger = get_logger(__name__)
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "1m": dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
     "2m": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=3, num_attention_heads=2),
+    "3m": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=3),
     "5m": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4),
     "20m": dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=8, num_attention_heads=7),
 }
@@ -231,6 +231,8 @@ def load_tokenizer(model_args: ModelArguments, train_texts):
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if source:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    from ..data import train_bpe_tokenizer
+
     logger.info(f"Training a {model_args.tokenizer_vocab_size}-token byte-level BPE", main_process_only=True)
     return train_bpe_tokenizer(train_texts, vocab_size=model_args.tokenizer_vocab_size)
 
@@ -291,6 +293,9 @@ def save_run_config(output_dir: str, model_args, data_args, training_args) -> No
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: SALTConfig, run_args: RunArguments,
         tokenizer=None) -> dict[str, Any]:  # fmt: skip
     """Checks the input, trains, saves; returns the final metrics and the log history."""
+    # imported here so that the model sizes above are importable where the datasets library is not installed
+    from ..data import builtin_corpus, load_text_dataset, tokenize_and_pack
+
     # 1) checks that need nothing loaded
     check_output_dir(training_args, run_args)
     resume = resolve_resume(training_args)

@@ -1,0 +1,344 @@
+"""Does SALT pay off? Teacher, baseline, SALT schedules, a weight x n_KD grid, KD-for-the-whole-run (negative
+control), a second teacher size and shortened budgets, on one prepared corpus (benchmarks/prepare_corpora.py).
+
+    python benchmarks/salt_benchmark.py --corpus python --device cuda --workers 7
+    python benchmarks/salt_benchmark.py --corpus prose --device cpu --workers 1 --steps 600    # slow on 2 cores
+
+Every run is a SALTTrainer run (the baseline is SALTTrainer without a teacher, which trains exactly like Trainer)
+with the same data order for the same seed. Validation rows (documents no run trains on) are split in two halves:
+`dev` picks the best setting, `test` gives every number reported, so nothing is tuned on the reported text.
+Writes benchmarks/results/<corpus>/runs/*.json (raw) and benchmarks/results/<corpus>/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+WORK, RESULTS = HERE / "work", HERE / "results"
+
+# One place for the benchmark's recipe (the RESEARCH.md probe's regime: seq 128, batch 16, AdamW 2e-3 cosine).
+BATCH, LR, WARMUP, WEIGHT_DECAY, EVAL_ROWS = 16, 2e-3, 50, 0.01, 256
+STUDENT, TEACHERS = "5m", {"1m": 2.0, "3m": 2.0}  # teacher size -> its steps as a multiple of the student's
+DEFAULT = dict(kd_weight=0.5, kd_ratio=0.2, kd_schedule="step", teacher="1m")
+
+
+@dataclass
+class RunSpec:
+    name: str
+    model: str = STUDENT
+    steps: int = 1500
+    seed: int = 0
+    teacher: str | None = None  # teacher size name, or None for plain training
+    kd_weight: float = 0.0
+    kd_ratio: float | None = None
+    kd_schedule: str = "step"
+    group: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def suite(steps: int) -> tuple[list[RunSpec], list[RunSpec]]:
+    teachers = [
+        RunSpec(f"teacher_{size}", model=size, steps=int(steps * mult), group="teacher")
+        for size, mult in TEACHERS.items()
+    ]
+    s = []
+    for seed in (0, 1, 2):
+        s.append(RunSpec(f"baseline_s{seed}", steps=steps, seed=seed, group="baseline"))
+        s.append(RunSpec(f"salt_default_s{seed}", steps=steps, seed=seed, group="default", **DEFAULT))
+    for sched in ("linear_decay", "linear_ratio_decay"):
+        s.append(RunSpec(f"salt_{sched}", steps=steps, group="schedule", **{**DEFAULT, "kd_schedule": sched}))
+    for w in (0.25, 0.5, 0.75):
+        for r in (0.1, 0.2, 0.4):
+            if (w, r) != (DEFAULT["kd_weight"], DEFAULT["kd_ratio"]):
+                s.append(
+                    RunSpec(f"salt_w{w}_r{r}", steps=steps, group="grid", **{**DEFAULT, "kd_weight": w, "kd_ratio": r})
+                )
+    s.append(RunSpec("rkd_whole_run", steps=steps, group="negative_control", **{**DEFAULT, "kd_ratio": 1.0}))
+    s.append(RunSpec("salt_teacher_3m", steps=steps, group="teacher_size", **{**DEFAULT, "teacher": "3m"}))
+    for frac in (0.6, 0.7, 0.8):
+        s.append(RunSpec(f"salt_budget_{frac}", steps=int(steps * frac), group="budget", **DEFAULT))
+    return teachers, s
+
+
+# ---- one run (in a worker process) ------------------------------------------------------------------------------
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self):
+        return self.rows.shape[0]
+
+    def __getitem__(self, i):
+        ids = self.rows[i].long()
+        return {"input_ids": ids, "labels": ids}
+
+
+def build_model(size: str, vocab: int, seq: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from salt_hf.cli.train import MODEL_SIZES
+
+    torch.manual_seed(seed)
+    sizes = MODEL_SIZES[size]
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        max_position_embeddings=seq,
+        tie_word_embeddings=True,
+        num_key_value_heads=sizes["num_attention_heads"],
+        bos_token_id=0,
+        eos_token_id=0,
+        **sizes,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
+    from transformers import TrainerCallback
+
+    from salt_hf import SALTConfig, SALTTrainer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = WORK / corpus
+    info = json.loads((work / "info.json").read_text())
+    train_rows = torch.load(work / "train.pt")
+    val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
+    evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
+    out_dir = work / "runs" / spec.name
+    teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
+
+    class StepTimer(TrainerCallback):
+        """Wall-clock of every optimizer step, training only (evaluation excluded)."""
+
+        def __init__(self):
+            self.times, self._t0 = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._t0)
+
+    n_evals = 15
+    args = SALTConfig(
+        output_dir=str(out_dir),
+        max_steps=spec.steps,
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=64,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        warmup_steps=WARMUP,
+        weight_decay=WEIGHT_DECAY,
+        eval_strategy="steps",
+        eval_steps=max(1, spec.steps // n_evals),
+        logging_steps=max(1, spec.steps // n_evals),
+        save_strategy="no",
+        report_to="none",
+        seed=spec.seed,
+        data_seed=spec.seed,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        kd_weight=spec.kd_weight if spec.teacher else 0.0,
+        kd_ratio=spec.kd_ratio,
+        kd_schedule=spec.kd_schedule,
+        **spec.extra,
+    )
+    model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
+    timer = StepTimer()
+    trainer = SALTTrainer(
+        model=model,
+        teacher_model=str(teacher_dir) if teacher_dir else None,
+        args=args,
+        train_dataset=Rows(train_rows),
+        eval_dataset=evals,
+        callbacks=[timer],
+    )
+    t0 = time.time()
+    trainer.train()
+    wall = time.time() - t0
+    if spec.group == "teacher":
+        trainer.save_model(str(work / "teachers" / spec.model))
+    # the two eval sets are logged as two entries per evaluation step
+    by_step: dict[int, dict] = {}
+    for h in trainer.state.log_history:
+        by_step.setdefault(h["step"], {}).update(h)
+    curve = [
+        (step, h["eval_test_loss"], h["eval_dev_loss"])
+        for step, h in sorted(by_step.items())
+        if "eval_test_loss" in h and "eval_dev_loss" in h
+    ]
+    kd_steps = trainer.kd_steps if spec.teacher else 0
+    result = {
+        "spec": asdict(spec),
+        "corpus": corpus,
+        "device": device,
+        "params": sum(p.numel() for p in model.parameters()),
+        "kd_steps": kd_steps,
+        "curve_step_test_dev": curve,
+        "final_test_loss": curve[-1][1],
+        "final_dev_loss": curve[-1][2],
+        "train_wall_s": wall,
+        "step_times_s": timer.times,
+        "median_kd_step_s": statistics.median(timer.times[:kd_steps]) if kd_steps else None,
+        "median_plain_step_s": statistics.median(timer.times[kd_steps:]) if kd_steps < len(timer.times) else None,
+        "train_log": [h for h in trainer.state.log_history if "loss" in h],
+    }
+    path = RESULTS / corpus / "runs" / f"{spec.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result) + "\n")
+    print(f"{spec.name}: test {result['final_test_loss']:.4f} wall {wall:.0f}s", flush=True)
+    return result
+
+
+# ---- analysis ------------------------------------------------------------------------------------------------------
+
+
+def first_step_at_or_below(curve, target: float, col: int = 1):
+    return next((row[0] for row in curve if row[col] <= target), None)
+
+
+def time_to_step(result: dict, step: int | None) -> float | None:
+    return None if step is None else sum(result["step_times_s"][:step])
+
+
+def summarise(corpus: str, results: dict[str, dict], steps: int) -> dict:
+    def ratio_stats(values):
+        vals = [v for v in values if v is not None]
+        return {
+            "mean": statistics.mean(vals) if vals else None,
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
+            "seeds": values,
+        }
+
+    rows = {}
+    base = {s: results[f"baseline_s{s}"] for s in (0, 1, 2)}
+    for name, r in results.items():
+        if r["spec"]["group"] == "teacher":
+            rows[name] = {"final_test_loss": r["final_test_loss"], "params": r["params"], "steps": r["spec"]["steps"]}
+            continue
+        b = base[r["spec"]["seed"]]
+        target = b["final_test_loss"]
+        reach = first_step_at_or_below(r["curve_step_test_dev"], target)
+        t_reach = time_to_step(r, reach)
+        rows[name] = {
+            "group": r["spec"]["group"],
+            "final_test_loss": r["final_test_loss"],
+            "final_dev_loss": r["final_dev_loss"],
+            "baseline_final_test_loss": target,
+            "steps": r["spec"]["steps"],
+            "kd_steps": r["kd_steps"],
+            "steps_to_target_ratio": reach / b["spec"]["steps"] if reach is not None else None,
+            "wallclock_to_target_ratio": t_reach / sum(b["step_times_s"]) if t_reach is not None else None,
+            "median_kd_step_s": r["median_kd_step_s"],
+            "median_plain_step_s": r["median_plain_step_s"],
+            "budget_reaches_target": r["final_test_loss"] <= target,
+        }
+    # best setting: lowest final DEV loss among seed-0 SALT settings on the full budget (never the test half)
+    candidates = {
+        n: r
+        for n, r in rows.items()
+        if r.get("group") in ("default", "schedule", "grid", "teacher_size") and not n.endswith(("_s1", "_s2"))
+    }
+    best = min(candidates, key=lambda n: candidates[n]["final_dev_loss"])
+    default_seeds = [rows[f"salt_default_s{s}"] for s in (0, 1, 2)]
+    summary = {
+        "corpus": corpus,
+        "steps": steps,
+        "baseline_final_test_loss": ratio_stats([base[s]["final_test_loss"] for s in (0, 1, 2)]),
+        "best_setting_by_dev": {"run": best, "spec": results[best]["spec"], **rows[best]},
+        "default_setting": {
+            "spec": results["salt_default_s0"]["spec"],
+            "steps_to_target_ratio": ratio_stats([r["steps_to_target_ratio"] for r in default_seeds]),
+            "wallclock_to_target_ratio": ratio_stats([r["wallclock_to_target_ratio"] for r in default_seeds]),
+            "final_test_loss": ratio_stats([r["final_test_loss"] for r in default_seeds]),
+        },
+        "runs": rows,
+    }
+    return summary
+
+
+def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, style in [
+        ("baseline_s0", "-"),
+        ("salt_default_s0", "-"),
+        ("rkd_whole_run", "--"),
+        ("salt_teacher_3m", ":"),
+    ]:
+        curve = results[name]["curve_step_test_dev"]
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], style, marker="o", markersize=3, label=name)
+    ax.axhline(results["baseline_s0"]["final_test_loss"], color="grey", lw=0.8, ls=":")
+    ax.set_ylim(top=min(8.0, max(c[1] for c in results["baseline_s0"]["curve_step_test_dev"][1:]) + 0.3))
+    ax.set(xlabel="optimizer step", ylabel="held-out test loss (nats/token)", title=f"{corpus}: SALT vs baseline")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--only", default=None, help="comma-separated run names (debugging)")
+    args = parser.parse_args()
+    t0 = time.time()
+    teachers, students = suite(args.steps)
+    if args.only:
+        keep = set(args.only.split(","))
+        teachers, students = [r for r in teachers if r.name in keep], [r for r in students if r.name in keep]
+    results = {}
+    with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        for spec, res in zip(
+            teachers,
+            pool.map(train_one, teachers, [args.corpus] * len(teachers), [args.device] * len(teachers)),
+            strict=True,
+        ):
+            results[spec.name] = res
+        for spec, res in zip(
+            students,
+            pool.map(train_one, students, [args.corpus] * len(students), [args.device] * len(students)),
+            strict=True,
+        ):
+            results[spec.name] = res
+    if args.only:
+        return
+    summary = summarise(args.corpus, results, args.steps)
+    summary["suite_wall_s"] = time.time() - t0
+    summary["device"] = args.device
+    summary["workers"] = args.workers
+    out = RESULTS / args.corpus
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(args.corpus, results, out / "curves.png")
+    print(json.dumps({k: summary[k] for k in ("default_setting", "best_setting_by_dev", "suite_wall_s")}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
