@@ -228,3 +228,20 @@ def test_accelerate_launch_train_py(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 2
+
+
+def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
+    teacher_json = write_json(tmp_path / "tiny_teacher.json", TINY_TEACHER)
+    args = quick_args(tmp_path, teacher_config=teacher_json, teacher_max_steps=4, kd_ratio=0.5, learning_rate=0.01)
+    assert demo_cli.main(["--config", str(ROOT / "configs" / "demo.yaml"), *args]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"teacher", "baseline", "salt"}
+    assert summary["baseline_final_eval_loss"] == summary["runs"]["baseline"]["eval_loss"]
+    steps = [s for s, _ in summary["runs"]["salt"]["curve"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 4
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "steps to baseline final" in table and "salt" in table
+    for run in ("teacher", "baseline", "salt"):
+        AutoModelForCausalLM.from_pretrained(out / run)

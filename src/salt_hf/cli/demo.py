@@ -39,7 +39,9 @@ class DemoArguments:
 
 
 def eval_curve(log_history) -> list[tuple[int, float]]:
-    return [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    """(step, validation loss) once per step: the final evaluate() repeats the last periodic evaluation."""
+    by_step = {h["step"]: h["eval_loss"] for h in log_history if "eval_loss" in h}
+    return sorted(by_step.items())
 
 
 def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:

@@ -1,0 +1,92 @@
+"""What the distributed tests and their worker scripts share: tiny models, the data of one step, the launch command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ROOT = Path(__file__).resolve().parents[2]
+DS_CONFIGS = {name: str(ROOT / "deepspeed_configs" / f"{name}.json") for name in ("zero2", "zero3")}
+VOCAB, SEQ = 96, 24
+SUPERVISED = [24, 5, 17, 2]  # unequal supervised lengths: the step must weigh tokens, not sequences
+
+
+def llama(hidden: int, layers: int, seed: int, head_scale: float = 1.0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    return model
+
+
+def student_model() -> LlamaForCausalLM:
+    return llama(32, 2, seed=0)
+
+
+def teacher_model() -> LlamaForCausalLM:
+    # A larger output head makes the teacher's distributions peaked and far from the student's: KD >> rounding.
+    return llama(16, 1, seed=1, head_scale=40.0)
+
+
+def step_rows(n: int = 4) -> list[dict[str, list[int]]]:
+    ids = torch.randint(0, VOCAB, (n, SEQ), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    for i, k in enumerate(SUPERVISED[:n]):
+        labels[i, k:] = -100
+    return [{"input_ids": i, "labels": lab} for i, lab in zip(ids.tolist(), labels.tolist(), strict=True)]
+
+
+def step_dataset(n: int = 4):
+    from datasets import Dataset
+
+    return Dataset.from_list(step_rows(n))
+
+
+def one_step_args(output_dir: str, batch: int, accum: int, **kwargs):
+    from salt_hf import SALTConfig
+
+    return SALTConfig(
+        output_dir=output_dir, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+        optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0, kd_weight=0.5, kd_steps=1,
+        report_to="none", save_strategy="no", logging_steps=1, seed=0, data_seed=0, disable_tqdm=True,
+        dataloader_num_workers=0, **kwargs,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env() -> dict[str, str]:
+    """CPU only, one thread per process (two processes share the CI machine's cores), no network."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env.pop("ACCELERATE_USE_CPU", None)
+    return env
+
+
+def torchrun(script: str | Path, args: list[str], nproc: int = 2, launcher: list[str] | None = None,
+             timeout: float = 600, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:  # fmt: skip
+    """Runs `script` under `torchrun --standalone --nproc_per_node nproc` (real processes, gloo); returns (proc, s)."""
+    launcher = launcher or ["--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(script), *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, env=launch_env(), capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - start
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
