@@ -32,6 +32,7 @@ from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
 STUDENT = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4)
 TEACHER = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
 SEQ, BATCH = 256, 16
+COMPILE = os.environ.get("SALT_KD_COMPILE", "0") == "1"  # set by --compile (read in the memory children too)
 
 
 def build(vocab: int, sizes: dict, seed: int, dtype) -> LlamaForCausalLM:
@@ -57,7 +58,7 @@ def make_trainers(vocab: int, device: str, dtype, which: str):
         out["plain"] = Trainer(model=build(vocab, STUDENT, 0, torch.float32), args=TrainingArguments(**common))
     if which in ("kd", "all"):
         teacher = build(vocab, TEACHER, 1, torch.float32)
-        args = SALTConfig(**common, kd_weight=0.5, kd_steps=10**6)
+        args = SALTConfig(**common, kd_weight=0.5, kd_steps=10**6, kd_compile=COMPILE)
         out["kd"] = SALTTrainer(model=build(vocab, STUDENT, 0, torch.float32), teacher_model=teacher, args=args)
     for trainer in out.values():
         # prepare() puts the model on its device and, for bf16, wraps its forward in autocast as train() would
@@ -123,6 +124,7 @@ def time_all(vocab: int, device: str, dtype: str, steps: int) -> dict:
         "vocab": vocab,
         "device": device,
         "dtype": dtype,
+        "kd_compile": COMPILE,
         "steps": steps,
         "student_params": sum(p.numel() for p in trainers["plain"].model.parameters()),
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
@@ -172,8 +174,13 @@ def main():
     parser.add_argument("--vocabs", default="8192,32768")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_cost.json"))
+    parser.add_argument("--compile", action="store_true", help="SALTConfig(kd_compile=True) for the KD step")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compile:
+        os.environ["SALT_KD_COMPILE"] = "1"
+        global COMPILE
+        COMPILE = True
     if args._child:
         print(json.dumps(cpu_peak_child(int(args._child[0]), args._child[1])))
         return

@@ -549,3 +549,21 @@ def test_shape_mismatches_raise():
         nll_loss(s, labels.reshape(-1))
     with pytest.raises(ValueError, match="teacher_logits"):
         kd_loss(s, t[:, :-1], labels)
+
+
+def test_compiled_default_term_matches_eager():
+    """kd_compile: the torch.compile'd forward-KL chunk gives the eager values and gradients (one compile)."""
+    from salt_hf.losses import salt_loss
+
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(3, 17, 41, generator=g, requires_grad=True)
+    teacher = 3 * torch.randn(3, 17, 41, generator=g)
+    labels = torch.randint(0, 41, (3, 17), generator=g)
+    labels[0, :5] = -100
+    results = []
+    for compile in (False, True):
+        out = salt_loss(student, labels, teacher, nll_weight=0.7, kd_weight=0.3, chunk_size=8, compile=compile)
+        (grad,) = torch.autograd.grad(out.loss, student)
+        results.append((out.loss.detach(), out.nll, out.kd, grad))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

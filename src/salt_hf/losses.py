@@ -122,6 +122,34 @@ def _forward_kl_fast(teacher_chunk, log_q1, vocab_size):
             return kd_tok, p
 
 
+def _nll_forward_kl_chunk(s, t, labels, ignore_index: int, nll_weight: torch.Tensor, kd_weight: torch.Tensor):
+    """
+    SALT's default term on one chunk, written for `torch.compile` (which fuses it into a few passes over the chunk):
+    (NLL sum, forward-KL sum, gradient of nll_weight * NLL + kd_weight * KL w.r.t. the student logits). The weights
+    are tensors so that a changing KD weight does not trigger a recompilation.
+    """
+    mask = labels != ignore_index
+    safe = torch.where(mask, labels, 0).unsqueeze(-1)
+    log_q = torch.log_softmax(s.float(), dim=-1)
+    log_p = torch.log_softmax(t.float(), dim=-1)
+    p = log_p.exp()
+    kd = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+    nll = -log_q.gather(-1, safe).squeeze(-1)
+    grad = (nll_weight + kd_weight) * log_q.exp() - kd_weight * p
+    grad = grad.scatter_add(-1, safe, (-nll_weight).expand(safe.shape).to(grad.dtype))
+    grad = grad * mask.unsqueeze(-1)
+    return torch.where(mask, nll, 0.0).sum(), torch.where(mask, kd, 0.0).sum(), grad.to(s.dtype)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_chunk():
+    if "chunk" not in _COMPILED:
+        _COMPILED["chunk"] = torch.compile(_nll_forward_kl_chunk, dynamic=True)
+    return _COMPILED["chunk"]
+
+
 def _fused_forward(
     student: torch.Tensor,
     teacher: torch.Tensor | None,
@@ -135,6 +163,7 @@ def _fused_forward(
     ignore_index: int,
     chunk_size: int,
     need_grad: bool,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Walks over [N, V] logits in chunks of tokens; returns (nll_sum, kd_sum, num_tokens, grad or None)."""
     n_tokens, v_s = student.shape
@@ -153,9 +182,19 @@ def _fused_forward(
         and (divergence == "forward_kl" or (divergence, beta) == ("jsd", 0))
     )
 
+    compiled = _compiled_chunk() if (compile and fast_kd and need_grad) else None
+    if compiled is not None:
+        weights = torch.tensor([nll_weight, kd_weight], dtype=torch.float32, device=device)
+
     for start in range(0, n_tokens, chunk_size):
         end = min(start + chunk_size, n_tokens)
         lab = labels[start:end]
+        if compiled is not None:
+            nll_c, kd_c, grad_c = compiled(student[start:end], teacher[start:end], lab, ignore_index, *weights)
+            nll_sum += nll_c
+            kd_sum += kd_c
+            grad_buf[start:end].copy_(grad_c)
+            continue
         mask = lab != ignore_index
         safe_lab = torch.where(mask, lab, 0).unsqueeze(-1)
         s = student[start:end].float()
@@ -220,11 +259,11 @@ class _FusedNLLKDLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, labels, nll_weight, kd_weight, divergence, temperature, beta, vocab_size,
-                ignore_index, chunk_size):  # fmt: skip
+                ignore_index, chunk_size, compile):  # fmt: skip
         need_grad = ctx.needs_input_grad[0]
         nll_sum, kd_sum, num_tokens, grad_buf = _fused_forward(
             student, teacher, labels, nll_weight, kd_weight, divergence, temperature, beta, vocab_size,
-            ignore_index, chunk_size, need_grad,
+            ignore_index, chunk_size, need_grad, compile,
         )  # fmt: skip
         loss = nll_sum * nll_weight + kd_sum * kd_weight if kd_weight != 0.0 else nll_sum * nll_weight
         ctx.mark_non_differentiable(nll_sum, kd_sum, num_tokens)
@@ -241,7 +280,7 @@ class _FusedNLLKDLoss(torch.autograd.Function):
         (grad_buf,) = ctx.saved_tensors
         # In place: this buffer is the gradient to the logits and nothing else holds it.
         grad = grad_buf.mul_(grad_loss.to(grad_buf.dtype))
-        return (grad,) + (None,) * 10
+        return (grad,) + (None,) * 11
 
 
 def _check_inputs(student_logits, teacher_logits, labels, vocab_size, divergence, temperature, beta):
@@ -289,6 +328,7 @@ def salt_loss(
     vocab_size: int | None = None,
     ignore_index: int = -100,
     chunk_size: int | None = None,
+    compile: bool = False,
 ) -> SALTLossOutput:
     """
     `nll_weight * NLL_sum + kd_weight * KD_sum` in one chunked pass, with the NLL and KD sums beside it for logging.
@@ -318,6 +358,9 @@ def salt_loss(
             Label value of unsupervised tokens.
         chunk_size (`int`, *optional*):
             Tokens per chunk; by default chosen so that one [chunk, vocab] fp32 temporary takes 16 MiB.
+        compile (`bool`, *optional*, defaults to `False`):
+            Run SALT's default term (forward KL, tau 1, one vocabulary) through `torch.compile`, which fuses its
+            passes over the vocabulary (benchmarks/RESULTS.md, section 1); the first call compiles (tens of seconds).
 
     Returns:
         `SALTLossOutput`: `loss` (differentiable w.r.t. `student_logits`), `nll` and `kd` (token sums, detached,
@@ -330,7 +373,7 @@ def salt_loss(
     chunk = _resolve_chunk_size(chunk_size, v_s)
     loss, nll, kd, num_tokens = _FusedNLLKDLoss.apply(
         student, teacher, labels.reshape(-1), float(nll_weight), float(kd_weight), divergence, float(temperature),
-        float(beta), kd_vocab, ignore_index, chunk,
+        float(beta), kd_vocab, ignore_index, chunk, compile,
     )  # fmt: skip
     return SALTLossOutput(loss, nll, kd, num_tokens)
 

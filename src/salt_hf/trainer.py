@@ -285,6 +285,7 @@ class SALTTrainer(Trainer):
             beta=self.args.kd_jsd_beta,
             vocab_size=self.kd_vocab_size if teacher_logits is not None else None,
             chunk_size=self.args.kd_chunk_size,
+            compile=self.args.kd_compile,
         )
         del teacher_logits
 
