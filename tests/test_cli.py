@@ -245,3 +245,12 @@ def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
     assert "steps to baseline final" in table and "salt" in table
     for run in ("teacher", "baseline", "salt"):
         AutoModelForCausalLM.from_pretrained(out / run)
+
+
+def test_gpt2_config_and_streaming_local_files(tmp_path):
+    """A new GPT-2-style student from a JSON of config fields, trained on a streamed local file."""
+    gpt2 = write_json(tmp_path / "gpt2.json", {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2})
+    args = quick_args(tmp_path, model_config=gpt2, data_files=text_file(tmp_path), streaming="true")
+    assert train_cli.main(args) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.model_type == "gpt2" and model.config.n_positions == 32
