@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cpu_deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from common import DS_CONFIGS, one_step_args, step_dataset, student_model  # noqa: E402
@@ -87,12 +88,14 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
     if dist.get_rank() == 0:
         result = {"weights": weights, "ranks": records, "deepspeed": trainer.is_deepspeed_enabled,
                   "distributed_type": str(trainer.accelerator.distributed_type),
-                  "num_processes": trainer.accelerator.num_processes}  # fmt: skip
+                  "num_processes": trainer.accelerator.num_processes,
+                  "student_partitioned": any(hasattr(p, "ds_id") for p in trainer.model.parameters())}  # fmt: skip
         torch.save(result, out_dir / f"{name}.pt")
     dist.barrier()
 
 
 def main() -> None:
+    cpu_deepspeed.patch()  # a no-op on GPUs
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=["ddp", *DS_CONFIGS], required=True)
     parser.add_argument("--teacher", required=True)

@@ -60,6 +60,7 @@ def test_one_step_equals_single_process(backend, teacher_dir, reference, tmp_pat
         assert result["num_processes"] == 2 and result["deepspeed"] == (backend != "ddp"), result
         assert result["distributed_type"] == ("DistributedType.MULTI_CPU" if backend == "ddp" else
                                               "DistributedType.DEEPSPEED"), result  # fmt: skip
+        assert result["student_partitioned"] == (backend == "zero3")
         assert_teacher_placement(case, result["ranks"], world=2)
         diff = (result["weights"] - ref).abs().max().item()
         print(f"{backend} {case}: max |diff| = {diff:.3g}")

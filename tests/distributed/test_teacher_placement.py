@@ -56,5 +56,5 @@ def test_teacher_placement_field(tmp_path):
     with pytest.raises(ValueError, match="teacher_placement='shard'"):
         SALTConfig(output_dir=str(tmp_path), report_to="none", teacher_placement="shard")
     with pytest.raises(ValueError, match="FSDP"):
-        SALTConfig(output_dir=str(tmp_path), report_to="none", teacher_placement="zero3", fsdp="full_shard",
+        SALTConfig(output_dir=str(tmp_path), report_to="none", teacher_placement="zero3", fsdp=True,
                    use_cpu=True)  # fmt: skip
