@@ -384,7 +384,18 @@ def main(argv: list[str] | None = None) -> int:
         # Clear message, non-zero exit; the checks above run before anything is written.
         print(f"salt-train: error: {err}", file=sys.stderr)
         return 2
+    _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Under a multi-process launch, wait for every process and close the group: ZeRO-3 runs can otherwise abort at
+    interpreter exit while a process still holds a collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
