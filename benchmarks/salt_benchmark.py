@@ -70,6 +70,12 @@ def suite(steps: int) -> tuple[list[RunSpec], list[RunSpec]]:
     s.append(RunSpec("salt_teacher_3m", steps=steps, group="teacher_size", **{**DEFAULT, "teacher": "3m"}))
     for frac in (0.6, 0.7, 0.8):
         s.append(RunSpec(f"salt_budget_{frac}", steps=int(steps * frac), group="budget", **DEFAULT))
+    # SALT_DS: the default recipe with the KD stage drawn from the teacher's top-scored sequences
+    for frac, seeds in ((0.5, (0, 1, 2)), (0.25, (0,)), (0.75, (0,))):
+        for seed in seeds:
+            extra = {"kd_data_selection": True, "kd_select_fraction": frac}
+            s.append(RunSpec(f"salt_ds_f{frac}_s{seed}", steps=steps, seed=seed, group="salt_ds", extra=extra,
+                             **DEFAULT))  # fmt: skip
     return teachers, s
 
 
@@ -119,6 +125,8 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
     val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
     evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
     out_dir = work / "runs" / spec.name
+    if spec.extra.get("kd_data_selection"):  # one score cache per corpus, shared by the SALT_DS runs
+        spec.extra.setdefault("kd_select_cache_dir", str(work / "scores"))
     teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
 
     class StepTimer(TrainerCallback):
@@ -173,6 +181,10 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
         callbacks=[timer],
     )
     t0 = time.time()
+    scoring_s = 0.0
+    if args.kd_data_selection:  # SALT_DS: score (or read the cached scores) first, timed apart from training
+        trainer.prepare_kd_selection()
+        scoring_s = time.time() - t0
     trainer.train()
     wall = time.time() - t0
     if spec.group == "teacher":
@@ -197,6 +209,8 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
         "final_test_loss": curve[-1][1],
         "final_dev_loss": curve[-1][2],
         "train_wall_s": wall,
+        "scoring_s": scoring_s,
+        "selection": (trainer._kd_selection or {}).get("summary"),
         "step_times_s": timer.times,
         "median_kd_step_s": statistics.median(timer.times[:kd_steps]) if kd_steps else None,
         "median_plain_step_s": statistics.median(timer.times[kd_steps:]) if kd_steps < len(timer.times) else None,
@@ -273,6 +287,13 @@ def summarise(corpus: str, results: dict[str, dict], steps: int) -> dict:
         },
         "runs": rows,
     }
+    ds = [rows[f"salt_ds_f0.5_s{s}"] for s in (0, 1, 2) if f"salt_ds_f0.5_s{s}" in rows]
+    if ds:
+        summary["salt_ds_f0.5"] = {
+            "steps_to_target_ratio": ratio_stats([r["steps_to_target_ratio"] for r in ds]),
+            "wallclock_to_target_ratio": ratio_stats([r["wallclock_to_target_ratio"] for r in ds]),
+            "final_test_loss": ratio_stats([r["final_test_loss"] for r in ds]),
+        }
     return summary
 
 
@@ -328,8 +349,12 @@ def main():
             strict=True,
         ):
             results[spec.name] = res
-    if args.only:
-        return
+    if args.only:  # summarise with the runs stored by earlier invocations (same corpus and steps)
+        stored = {p.stem: json.loads(p.read_text()) for p in (RESULTS / args.corpus / "runs").glob("*.json")}
+        results = {**{k: v for k, v in stored.items() if v["spec"]["steps"] in (args.steps,) or
+                      v["spec"]["group"] in ("teacher", "budget")}, **results}  # fmt: skip
+        if not all(f"{n}_s{s}" in results for n in ("baseline", "salt_default") for s in (0, 1, 2)):
+            return
     summary = summarise(args.corpus, results, args.steps)
     summary["suite_wall_s"] = time.time() - t0
     summary["device"] = args.device

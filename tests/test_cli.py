@@ -254,3 +254,22 @@ def test_gpt2_config_and_streaming_local_files(tmp_path):
     assert train_cli.main(args) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert model.config.model_type == "gpt2" and model.config.n_positions == 32
+
+
+def test_kd_data_selection_from_the_cli_scores_then_reuses_the_cache(tmp_path, tokenizer, caplog):
+    student_dir, teacher_dir = saved_pair(tmp_path, tokenizer)
+    extra = {"model_name_or_path": student_dir, "teacher_model_name_or_path": teacher_dir,
+             "data_files": text_file(tmp_path), "kd_steps": 2, "kd_data_selection": "true", "kd_select_top_k": 128,
+             "kd_select_fraction": 0.3, "kd_select_cache_dir": str(tmp_path / "scores")}  # fmt: skip
+    with caplog.at_level("INFO", logger="salt_hf"):
+        assert train_cli.main(quick_args(tmp_path, "a", **extra)) == 0
+    assert "SALT_DS: scoring" in caplog.text and "SALT_DS selection" in caplog.text
+    (cache,) = (tmp_path / "scores").iterdir()
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["top_k"] == 128 and meta["sequences"] > 0
+    caplog.clear()
+    with caplog.at_level("INFO", logger="salt_hf"):
+        assert train_cli.main(quick_args(tmp_path, "b", **extra)) == 0
+    assert "reusing the cached scores" in caplog.text and "SALT_DS: scoring" not in caplog.text
+    history = json.loads((tmp_path / "b" / "trainer_state.json").read_text())["log_history"]
+    assert [h["kd_weight"] for h in history if "kd_weight" in h][-1] == 0.0

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
 from .losses import DIVERGENCES
 from .schedules import KD_SCHEDULES
+from .speedups import LAYERWISE_DIRECTIONS, SEQ_WARMUP_SCHEDULES
 
 # Fraction of the run spent in the KD stage when neither `kd_steps` nor `kd_ratio` is given. The paper's main run
 # distils for 36K of ~208K steps (~17%, 20K..60K equally good). Our grid (benchmarks/RESULTS.md, section 2) ran
@@ -58,8 +61,33 @@ class SALTConfig(TrainingArguments):
             Softmax temperature tau > 0 of the KD term (multiplied by tau^2).
         kd_chunk_size (`int`, *optional*):
             Tokens per chunk of the fused loss; automatic (16 MiB per fp32 temporary) by default.
+        kd_data_selection (`bool`, *optional*, defaults to `False`):
+            SALT_DS: the teacher scores every training sequence before training (`salt_hf.selection`, cached) and the
+            KD stage draws its batches from the highest-scoring ones; from n_KD on, the whole dataset. Needs
+            `max_steps > 0` and a map-style dataset.
+        kd_select_fraction (`float`, *optional*, defaults to `0.5`):
+            SALT_DS: fraction of the training sequences the KD stage draws from.
+        kd_select_top_k (`int`, *optional*, defaults to `10`):
+            SALT_DS: a token counts when its label is among the teacher's top-k predictions.
+        kd_select_drop_top (`float`, *optional*, defaults to `0.0`):
+            SALT_DS: fraction of the highest-scoring sequences skipped before selecting (drops likely noise).
+        kd_select_batch_size (`int`, *optional*):
+            SALT_DS: sequences per teacher forward while scoring; `per_device_eval_batch_size` by default.
+        kd_select_cache_dir (`str`, *optional*):
+            SALT_DS: folder of the score cache; `<HF datasets cache>/salt_hf_scores` by default.
         kd_compile (`bool`, *optional*, defaults to `False`):
             Fuse the default KD term's passes over the vocabulary with `torch.compile`.
+        seq_warmup_steps (`int`, *optional*, defaults to `0`):
+            Sequence-length warmup (`salt_hf.speedups`): for the first optimizer steps each packed row of T tokens is
+            split into T / L rows of L tokens, L growing from `seq_warmup_start_length` to T at this step. 0: off.
+        seq_warmup_schedule (`str`, *optional*, defaults to `"linear"`):
+            `"linear"` or `"doubling"` (see `salt_hf.speedups.seq_length_at`).
+        seq_warmup_start_length (`int`, *optional*, defaults to `64`):
+            Row length at step 0; must divide the training rows' length.
+        layerwise_lr_decay (`float`, *optional*, defaults to `1.0`):
+            Layer-wise learning rates: each layer's rate is this factor times the next one's, in (0, 1]; 1 is off.
+        layerwise_lr_direction (`str`, *optional*, defaults to `"top_down"`):
+            `"top_down"`: the output head keeps `learning_rate`, lower layers get less. `"bottom_up"`: the reverse.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
@@ -96,7 +124,7 @@ class SALTConfig(TrainingArguments):
         default=None,
         metadata={
             "help": f"n_KD as a fraction of the run's optimizer steps. Exclusive with kd_steps; if neither is set, "
-            f"{DEFAULT_KD_RATIO} (the paper distils for ~17% of its run; benchmarks/RESULTS.md section 2)."
+            f"{DEFAULT_KD_RATIO} (the paper distils for ~17 percent of its run; benchmarks/RESULTS.md section 2)."
         },
     )
     kd_schedule: Literal["step", "linear_decay", "linear_ratio_decay"] = field(
@@ -128,6 +156,85 @@ class SALTConfig(TrainingArguments):
         metadata={
             "help": "Compile the default KD term (forward KL, tau 1) with torch.compile: its passes over the "
             "vocabulary fuse, the KD step gets cheaper (benchmarks/RESULTS.md section 1); the first step compiles."
+        },
+    )
+
+    # ---- SALT_DS: the teacher chooses the sequences of the KD stage (salt_hf.selection) ----
+    kd_data_selection: bool = field(
+        default=False,
+        metadata={
+            "help": "SALT_DS: score every training sequence with the teacher before training (cached) and draw the "
+            "KD stage's batches from the highest-scoring ('challenging yet learnable') ones; from n_KD on, the whole "
+            "dataset. Needs max_steps > 0."
+        },
+    )
+    kd_select_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "SALT_DS: fraction of the training sequences the KD stage draws from, in (0, 1]. The paper does "
+            "not give its value; 0.5 keeps the KD stage's pool large enough that a 20 percent KD stage repeats little "
+            "(benchmarks/RESULTS.md section 4)."
+        },
+    )
+    kd_select_top_k: int = field(
+        default=10,
+        metadata={"help": "SALT_DS: a token is 'learnable' when its label is among the teacher's top-k (paper: 10)."},
+    )
+    kd_select_drop_top: float = field(
+        default=0.0,
+        metadata={
+            "help": "SALT_DS: fraction of the sequences skipped at the top of the ranking before selecting (a band "
+            "that drops the noisiest, e.g. 0.01); fraction + drop_top <= 1."
+        },
+    )
+    kd_select_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "SALT_DS: sequences per teacher forward while scoring; per_device_eval_batch_size if unset."
+        },
+    )
+    kd_select_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "SALT_DS: folder of the score cache (keyed by dataset and teacher fingerprints), shared by all "
+            "processes; defaults to <HF datasets cache>/salt_hf_scores."
+        },
+    )
+
+    # ---- speed-ups that stack with SALT (salt_hf.speedups); LR schedules and optimizers are the Trainer's own ----
+    seq_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Sequence-length warmup: for this many optimizer steps a packed row of T tokens trains as T / L "
+            "rows of L tokens (same tokens per step), L growing from seq_warmup_start_length to T. 0: off."
+        },
+    )
+    seq_warmup_schedule: Literal["linear", "doubling"] = field(
+        default="linear",
+        metadata={
+            "help": "'linear': L is the longest divisor of T under a line from the start length to T. 'doubling': L "
+            "doubles in log2(T / start) equal stages (T / start must be a power of two)."
+        },
+    )
+    seq_warmup_start_length: int = field(
+        default=64,
+        metadata={
+            "help": "Row length at step 0 of the sequence-length warmup; must divide T (the packed row length). 64: "
+            "cheap rows that still hold a few lines of text, and a power of two, so it divides the usual T."
+        },
+    )
+    layerwise_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning rates: a parameter's rate is learning_rate * decay ** (its distance in "
+            "layers from the end named by layerwise_lr_direction); in (0, 1], 1: one rate for all (off)."
+        },
+    )
+    layerwise_lr_direction: Literal["top_down", "bottom_up"] = field(
+        default="top_down",
+        metadata={
+            "help": "'top_down': the output head (and final norm) at learning_rate, each layer below decay times the "
+            "one above, the embeddings lowest. 'bottom_up': the embeddings at learning_rate, decaying upwards."
         },
     )
 
@@ -186,6 +293,71 @@ class SALTConfig(TrainingArguments):
             raise ValueError(
                 f"kd_steps={self.kd_steps} is beyond max_steps={self.max_steps}: the KD stage would never end. "
                 "Lower kd_steps or use kd_ratio."
+            )
+        if not 0.0 < self.kd_select_fraction <= 1.0:
+            raise ValueError(f"kd_select_fraction={self.kd_select_fraction} must be in (0, 1].")
+        if not 0.0 <= self.kd_select_drop_top < 1.0 or self.kd_select_fraction + self.kd_select_drop_top > 1.0 + 1e-9:
+            raise ValueError(
+                f"kd_select_drop_top={self.kd_select_drop_top} must be in [0, 1) with kd_select_fraction + "
+                f"kd_select_drop_top <= 1 (kd_select_fraction={self.kd_select_fraction})."
+            )
+        if self.kd_select_top_k < 1:
+            raise ValueError(f"kd_select_top_k={self.kd_select_top_k} must be >= 1.")
+        if self.kd_select_batch_size is not None and self.kd_select_batch_size < 1:
+            raise ValueError(f"kd_select_batch_size={self.kd_select_batch_size} must be >= 1 (or unset).")
+        if self.kd_data_selection and self.max_steps <= 0:
+            raise ValueError(
+                "kd_data_selection=True needs max_steps > 0 (the KD stage's sample stream is laid out by optimizer "
+                f"step); got max_steps={self.max_steps}. Set max_steps instead of num_train_epochs."
+            )
+        if self.kd_data_selection and self.teacher_placement == "zero3":
+            raise ValueError(
+                "kd_data_selection=True scores the data with a replicated teacher; teacher_placement='zero3' is not "
+                "supported with it. Use teacher_placement='replicate'."
+            )
+        self._check_speedups()
+
+    def _check_speedups(self) -> None:
+        """Checks of the speed-up fields and of the Trainer's LR-schedule arguments they are documented with."""
+        if self.seq_warmup_steps < 0:
+            raise ValueError(f"seq_warmup_steps={self.seq_warmup_steps} must be >= 0 (0 turns the warmup off).")
+        if self.seq_warmup_schedule not in SEQ_WARMUP_SCHEDULES:
+            raise ValueError(
+                f"seq_warmup_schedule={self.seq_warmup_schedule!r} must be one of {sorted(SEQ_WARMUP_SCHEDULES)}."
+            )
+        if self.seq_warmup_start_length < 1:
+            raise ValueError(f"seq_warmup_start_length={self.seq_warmup_start_length} must be >= 1.")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ValueError(f"layerwise_lr_decay={self.layerwise_lr_decay} must be in (0, 1] (1: off).")
+        if self.layerwise_lr_direction not in LAYERWISE_DIRECTIONS:
+            raise ValueError(
+                f"layerwise_lr_direction={self.layerwise_lr_direction!r} must be one of {list(LAYERWISE_DIRECTIONS)}."
+            )
+        if self.layerwise_lr_decay < 1.0:
+            optim = OptimizerNames(self.optim).value
+            if optim in ("lomo", "adalomo") or optim.endswith("_layerwise"):
+                raise ValueError(
+                    f"layerwise_lr_decay={self.layerwise_lr_decay} sets a learning rate per parameter group, which "
+                    f"optim={optim!r} does not use (it steps inside the backward pass): choose another optim or "
+                    "layerwise_lr_decay=1."
+                )
+            if self.deepspeed and "optimizer" in self.hf_deepspeed_config.config:
+                raise ValueError(
+                    f"layerwise_lr_decay={self.layerwise_lr_decay} needs the Trainer to build the optimizer, but the "
+                    "DeepSpeed config defines one (its 'optimizer' section): remove that section, the Trainer then "
+                    "builds `optim` with the layer-wise groups and DeepSpeed wraps it."
+                )
+        # The Trainer's schedulers read these from lr_scheduler_kwargs only when training starts: check them now.
+        kwargs = self.lr_scheduler_kwargs or {}
+        if self.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY and "num_decay_steps" not in kwargs:
+            raise ValueError(
+                "lr_scheduler_type='warmup_stable_decay' needs lr_scheduler_kwargs with num_decay_steps (the length "
+                "of the final decay, e.g. 10-20% of max_steps), e.g. '{\"num_decay_steps\": 2000}'."
+            )
+        if self.lr_scheduler_type == SchedulerType.COSINE_WITH_MIN_LR and not {"min_lr", "min_lr_rate"} & set(kwargs):
+            raise ValueError(
+                "lr_scheduler_type='cosine_with_min_lr' needs lr_scheduler_kwargs with min_lr_rate (the floor as a "
+                "fraction of each group's learning rate) or min_lr, e.g. '{\"min_lr_rate\": 0.1}'."
             )
 
     def resolve_kd_steps(self, max_steps: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,17 @@ from .callbacks import TeacherLifecycleCallback
 from .config import SALTConfig
 from .losses import salt_loss
 from .schedules import kd_weight
+from .selection import (
+    KDSelectionSampler,
+    dataset_fingerprint,
+    describe_selection,
+    model_fingerprint,
+    path_fingerprint,
+    score_cache_key,
+    score_dataset,
+    select_sequences,
+)
+from .speedups import layerwise_param_groups, reshape_for_length, seq_length_at
 from .teacher import (
     check_tokenizers_match,
     free_memory,
@@ -91,6 +103,7 @@ class SALTTrainer(Trainer):
         self._teacher_released = False
         self._teacher_placement_used: str | None = None  # set when the teacher is placed: "replicate" or "zero3"
         self._kd_steps: int | None = None
+        self._kd_selection: dict | None = None  # SALT_DS: scores and selected indices, once computed
         self.kd_vocab_size: int | None = None
         if teacher_model is not None and args.kd_weight > 0.0:
             # Every check runs before Trainer.__init__, which creates the output folder.
@@ -213,6 +226,92 @@ class SALTTrainer(Trainer):
         if had_teacher:
             logger.info(f"KD stage over at step {self.state.global_step}: teacher released.", main_process_only=True)
 
+    # ---- SALT_DS: the teacher chooses the KD stage's sequences ------------------------------------------------------
+
+    def get_train_dataloader(self):
+        if self.args.kd_data_selection:
+            self.prepare_kd_selection()
+        return super().get_train_dataloader()
+
+    def _get_train_sampler(self, train_dataset=None):
+        selection = self._kd_selection
+        if selection is None or not selection["selected"].size:
+            return super()._get_train_sampler(train_dataset)
+        # one "epoch" holding the whole run: the KD stage's n_KD global batches from the selected sequences, then
+        # permutations of the whole dataset; Accelerate hands each process its share of every global batch
+        global_batch = self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return KDSelectionSampler(selection["selected"], len(self.train_dataset),
+                                  kd_samples=self.kd_steps * global_batch,
+                                  total_samples=self.args.max_steps * global_batch, seed=seed)  # fmt: skip
+
+    def _teacher_fingerprint(self) -> str:
+        if self.teacher_model is None and self._teacher_source is not None:
+            fingerprint = path_fingerprint(self._teacher_source, self.args.teacher_model_init_kwargs)
+            if fingerprint is not None:
+                return fingerprint
+            self._ensure_teacher()  # a hub id: fingerprint the loaded weights
+        return model_fingerprint(self.teacher_model)
+
+    def _teacher_for_scoring(self) -> torch.nn.Module:
+        self._ensure_teacher()
+        return self.teacher_model
+
+    def prepare_kd_selection(self) -> dict | None:
+        """
+        SALT_DS: scores the training set with the teacher (or reads the cached scores), selects the KD stage's
+        sequences (`kd_select_fraction`, `kd_select_drop_top`) and returns `{"scores", "selected", "summary"}`. Called
+        by `get_train_dataloader` when `kd_data_selection=True`; runs on every process (scoring is spread over them).
+        """
+        if self._kd_selection is not None:
+            return self._kd_selection
+        args = self.args
+        if not self.has_teacher or args.kd_weight == 0.0 or self._teacher_released:
+            logger.warning("kd_data_selection=True without a teacher or with kd_weight=0: no selection.")
+            return None
+        dataset = self.train_dataset
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            raise ValueError(
+                "kd_data_selection=True needs a training dataset with a length (a map-style dataset, not a streamed "
+                "one): the teacher scores every sequence before training."
+            )
+        if self._resolve_kd_steps(args.max_steps) == 0:
+            return None
+        import datasets
+
+        cache_dir = args.kd_select_cache_dir or str(Path(datasets.config.HF_DATASETS_CACHE) / "salt_hf_scores")
+        key = score_cache_key(dataset_fingerprint(dataset), self._teacher_fingerprint(), top_k=args.kd_select_top_k,
+                              ignore_index=-100)  # fmt: skip
+        scores = score_dataset(
+            None,
+            dataset,
+            cache_dir=cache_dir,
+            cache_key=key,
+            top_k=args.kd_select_top_k,
+            batch_size=args.kd_select_batch_size or args.per_device_eval_batch_size,
+            load_teacher=self._teacher_for_scoring,
+            show_progress=not args.disable_tqdm,
+        )
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        selected = select_sequences(scores, fraction=args.kd_select_fraction, drop_top=args.kd_select_drop_top,
+                                    seed=seed)  # fmt: skip
+        summary = describe_selection(scores, selected)
+        logger.info(f"SALT_DS selection: {summary}", main_process_only=True)
+        self._kd_selection = {
+            "scores": scores,
+            "selected": selected,
+            "summary": summary,
+            "cache": str(Path(cache_dir) / key),
+        }
+        if (
+            isinstance(dataset, datasets.Dataset)
+            and args.remove_unused_columns
+            and "kd_score" not in dataset.column_names
+        ):
+            # the scores as a column, for inspection (the Trainer drops it before the model's forward)
+            self.train_dataset = dataset.add_column("kd_score", scores.tolist())
+        return self._kd_selection
+
     # ---- schedule -------------------------------------------------------------------------------------------------
 
     def _resolve_kd_steps(self, max_steps: int) -> int:
@@ -239,6 +338,30 @@ class SALTTrainer(Trainer):
     def kd_active(self, step: int) -> bool:
         return self.current_kd_weight(step) > 0.0
 
+    # ---- optimizer ------------------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """
+        The Trainer's optimizer for `args.optim`; with `layerwise_lr_decay` < 1 its parameter groups (the Trainer's
+        decay / no-decay groups, or the optimizer's own) are split by layer and each learning rate multiplied
+        (`salt_hf.speedups.layerwise_param_groups`). Runs where the Trainer builds the optimizer, also before DeepSpeed
+        wraps it; an optimizer passed to the Trainer is left as it is.
+        """
+        built_here = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if built_here and self.args.layerwise_lr_decay != 1.0:
+            groups = layerwise_param_groups(
+                optimizer.param_groups,
+                self.model if model is None else model,
+                decay=self.args.layerwise_lr_decay,
+                direction=self.args.layerwise_lr_direction,
+            )
+            # No step has run: no optimizer state refers to the old groups. add_param_group fills in the defaults.
+            optimizer.param_groups.clear()
+            for group in groups:
+                optimizer.add_param_group(group)
+        return optimizer
+
     # ---- loss -----------------------------------------------------------------------------------------------------
 
     def compute_loss(
@@ -249,6 +372,18 @@ class SALTTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         inputs = dict(inputs)
+        if model.training and self.args.seq_warmup_steps > 0:
+            # Sequence-length warmup (salt_hf.speedups): rows split by the global step, before the student's and the
+            # teacher's forward, so both see the same rows; the supervised tokens, and num_items_in_batch, are kept.
+            args = self.args
+            length = seq_length_at(
+                self.state.global_step,
+                schedule=args.seq_warmup_schedule,
+                warmup_steps=args.seq_warmup_steps,
+                start_length=args.seq_warmup_start_length,
+                full_length=inputs["input_ids"].shape[1],
+            )
+            inputs = reshape_for_length(inputs, length)
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
         if shift_labels is None:

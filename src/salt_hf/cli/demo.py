@@ -144,13 +144,15 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, training_args
             kd_steps=None,
             kd_ratio=None,
             teacher_model_name_or_path=None,
+            kd_data_selection=False,
         ),
         run_args,
         tokenizer=tokenizer,
     )
     # 3) the student twice, same seed and data order: plain, then SALT with the teacher above
     results["baseline"] = run(
-        model_args, data_args, args_for("baseline", kd_weight=0.0, teacher_model_name_or_path=None), run_args,
+        model_args, data_args,
+        args_for("baseline", kd_weight=0.0, teacher_model_name_or_path=None, kd_data_selection=False), run_args,
         tokenizer=tokenizer,
     )  # fmt: skip
     results["salt"] = run(
@@ -163,6 +165,7 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, training_args
     summary = summarise(results, kd_steps)
     summary["config"] = {"student": model_args.model_config, "teacher": demo_args.teacher_config,
                          "kd_weight": training_args.kd_weight, "kd_schedule": training_args.kd_schedule,
+                         "kd_data_selection": training_args.kd_data_selection,
                          "max_steps": training_args.max_steps, "seq_length": data_args.seq_length}  # fmt: skip
     Path(root, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     curves = {name: summary["runs"][name]["curve"] for name in ("baseline", "salt")}

@@ -34,6 +34,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import SALTConfig
+from ..speedups import check_seq_warmup
 from ..teacher import load_teacher_config, output_vocab_size
 from ..trainer import SALTTrainer
 
@@ -303,6 +304,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: SAL
         raise InputError(f"--seq_length {data_args.seq_length}: need at least 2 tokens per row.")
     if not 0.0 < data_args.validation_fraction < 1.0:
         raise InputError(f"--validation_fraction {data_args.validation_fraction} must be in (0, 1).")
+    if training_args.seq_warmup_steps > 0:
+        check_seq_warmup(
+            data_args.seq_length,
+            schedule=training_args.seq_warmup_schedule,
+            start_length=training_args.seq_warmup_start_length,
+        )
     set_seed(training_args.seed)
 
     # 2) data and tokenizer (the loaders raise on missing files, empty files, a missing text column)

@@ -1,0 +1,154 @@
+"""SALT_DS scoring: throughput against the teacher's plain forward, and its cost against a SALT run's wall-clock.
+
+    python benchmarks/scoring_cost.py                       # CPU, writes results/scoring_cost.json
+    python benchmarks/scoring_cost.py --device cuda --out results/scoring_cost_cuda.json
+
+Throughput: the same rows go (a) through the teacher's plain forward under no_grad, batch by batch, and (b) through
+`salt_hf.selection.score_dataset` (row batching from a dataset, forward, `sequence_scores`, shard files), each pass
+timed in turn `--repeats` times so that drift hits both alike; tokens/s and the ratio (b)/(a) are reported.
+
+Cost in a run: the demo's shapes (1M teacher, 5M student, vocab 8192, sequence 128, batch 16). Scoring the demo's
+training set (`--train_rows`, 18,345 rows of the prepared python corpus) is timed at the measured scoring
+throughput; the SALT run is `--run_steps` (300) SALTTrainer steps at the measured step time (the same process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
+from salt_hf.cli.train import MODEL_SIZES  # noqa: E402
+from salt_hf.selection import score_dataset  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(size: str, vocab: int, seq: int, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    sizes = dict(MODEL_SIZES[size])
+    sizes.setdefault("num_key_value_heads", sizes["num_attention_heads"])
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=seq, **sizes))
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def plain_forward(teacher, rows: torch.Tensor, batch: int, device: str) -> float:
+    start = time.perf_counter()
+    for a in range(0, rows.shape[0], batch):
+        ids = rows[a : a + batch].to(device)
+        teacher(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits  # noqa: B018
+    sync(device)
+    return time.perf_counter() - start
+
+
+def scoring(teacher, dataset: list[dict], batch: int, device: str, top_k: int) -> float:
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        score_dataset(teacher, dataset, cache_dir=cache, cache_key="bench", top_k=top_k, batch_size=batch,
+                      show_progress=False)  # fmt: skip
+        sync(device)
+        return time.perf_counter() - start
+
+
+def salt_step_time(vocab: int, seq: int, batch: int, device: str, steps: int) -> float:
+    student, teacher = build("5m", vocab, seq, 0), build("1m", vocab, seq, 1)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch * (steps + 2), seq), generator=g)
+    data = [{"input_ids": r, "labels": r} for r in ids.tolist()]
+    args = SALTConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=device == "cpu", max_steps=steps + 2,
+                      per_device_train_batch_size=batch, kd_steps=steps + 2, disable_tqdm=True, save_strategy="no",
+                      logging_steps=10**6, learning_rate=1e-3)  # fmt: skip
+    trainer = SALTTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
+    times: list[float] = []
+
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            sync(device)
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync(device)
+            times.append(time.perf_counter() - self.t)
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    return statistics.median(times[2:])  # the first steps warm up
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vocab", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=256, help="rows per throughput pass")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--top_k", type=int, default=10)
+    parser.add_argument("--train_rows", type=int, default=18345)
+    parser.add_argument("--run_steps", type=int, default=300)
+    parser.add_argument("--step_samples", type=int, default=8, help="SALT steps timed for the run's step time")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results" / "scoring_cost.json"))
+    args = parser.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "seq": args.seq, "batch": args.batch, "rows": args.rows, "top_k": args.top_k,
+              "throughput": {}}  # fmt: skip
+    for vocab in args.vocab:
+        teacher = build("1m", vocab, args.seq, 1).to(args.device).eval()
+        g = torch.Generator().manual_seed(vocab)
+        rows = torch.randint(0, vocab, (args.rows, args.seq), generator=g)
+        dataset = [{"input_ids": r, "labels": r} for r in rows.tolist()]
+        plain_forward(teacher, rows[: args.batch], args.batch, args.device)  # warm-up
+        plain, scored = [], []
+        for _ in range(args.repeats):
+            plain.append(plain_forward(teacher, rows, args.batch, args.device))
+            scored.append(scoring(teacher, dataset, args.batch, args.device, args.top_k))
+        tokens = args.rows * args.seq
+        row = {
+            "plain_forward_tokens_per_s": tokens / statistics.median(plain),
+            "scoring_tokens_per_s": tokens / statistics.median(scored),
+            "plain_s": plain,
+            "scoring_s": scored,
+        }
+        row["ratio"] = row["scoring_tokens_per_s"] / row["plain_forward_tokens_per_s"]
+        result["throughput"][str(vocab)] = row
+        print(f"vocab {vocab}: plain forward {row['plain_forward_tokens_per_s']:,.0f} tok/s, scoring "
+              f"{row['scoring_tokens_per_s']:,.0f} tok/s, ratio {row['ratio']:.3f}", flush=True)  # fmt: skip
+    vocab = args.vocab[0]
+    step = salt_step_time(vocab, args.seq, args.batch, args.device, args.step_samples)
+    score_s = args.train_rows * args.seq / result["throughput"][str(vocab)]["scoring_tokens_per_s"]
+    run_s = step * args.run_steps
+    result["run_cost"] = {"vocab": vocab, "salt_step_s": step, "run_steps": args.run_steps, "salt_run_s": run_s,
+                          "train_rows": args.train_rows, "scoring_s": score_s,
+                          "scoring_fraction_of_run": score_s / run_s,
+                          "tokens_trained": args.run_steps * args.batch * args.seq,
+                          "tokens_scored": args.train_rows * args.seq}  # fmt: skip
+    print(f"scoring {args.train_rows} rows: {score_s:.1f} s; SALT run of {args.run_steps} steps at {step:.3f} s/step: "
+          f"{run_s:.1f} s; scoring = {score_s / run_s:.1%} of the run", flush=True)  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
