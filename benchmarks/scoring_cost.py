@@ -7,9 +7,11 @@ Throughput: the same rows go (a) through the teacher's plain forward under no_gr
 `salt_hf.selection.score_dataset` (row batching from a dataset, forward, `sequence_scores`, shard files), each pass
 timed in turn `--repeats` times so that drift hits both alike; tokens/s and the ratio (b)/(a) are reported.
 
-Cost in a run: the demo's shapes (1M teacher, 5M student, vocab 8192, sequence 128, batch 16). Scoring the demo's
-training set (`--train_rows`, 18,345 rows of the prepared python corpus) is timed at the measured scoring
-throughput; the SALT run is `--run_steps` (300) SALTTrainer steps at the measured step time (the same process).
+Teachers: the 1M teacher of the demo and benchmarks, and a 20M one (wider: its matmuls weigh more against the
+vocabulary-wide passes of scoring). Cost in a run: the demo's shapes (1M teacher, 5M student, vocab 8192, sequence
+128, batch 16). Scoring the demo's training set (`--train_rows`, 18,345 rows of the prepared python corpus) is timed
+at the measured scoring throughput; the SALT run is `--run_steps` (300) SALTTrainer steps at the measured step time
+(the same process).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vocab", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--teachers", nargs="+", default=["1m", "20m"], help="teacher sizes (salt_hf.cli.train)")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rows", type=int, default=256, help="rows per throughput pass")
@@ -113,8 +116,8 @@ def main(argv=None) -> None:
     result = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "seq": args.seq, "batch": args.batch, "rows": args.rows, "top_k": args.top_k,
               "throughput": {}}  # fmt: skip
-    for vocab in args.vocab:
-        teacher = build("1m", vocab, args.seq, 1).to(args.device).eval()
+    for size, vocab in [(t, v) for t in args.teachers for v in args.vocab]:
+        teacher = build(size, vocab, args.seq, 1).to(args.device).eval()
         g = torch.Generator().manual_seed(vocab)
         rows = torch.randint(0, vocab, (args.rows, args.seq), generator=g)
         dataset = [{"input_ids": r, "labels": r} for r in rows.tolist()]
@@ -131,12 +134,12 @@ def main(argv=None) -> None:
             "scoring_s": scored,
         }
         row["ratio"] = row["scoring_tokens_per_s"] / row["plain_forward_tokens_per_s"]
-        result["throughput"][str(vocab)] = row
-        print(f"vocab {vocab}: plain forward {row['plain_forward_tokens_per_s']:,.0f} tok/s, scoring "
+        result["throughput"][f"{size}/{vocab}"] = row
+        print(f"teacher {size}, vocab {vocab}: plain forward {row['plain_forward_tokens_per_s']:,.0f} tok/s, scoring "
               f"{row['scoring_tokens_per_s']:,.0f} tok/s, ratio {row['ratio']:.3f}", flush=True)  # fmt: skip
     vocab = args.vocab[0]
     step = salt_step_time(vocab, args.seq, args.batch, args.device, args.step_samples)
-    score_s = args.train_rows * args.seq / result["throughput"][str(vocab)]["scoring_tokens_per_s"]
+    score_s = args.train_rows * args.seq / result["throughput"][f"{args.teachers[0]}/{vocab}"]["scoring_tokens_per_s"]
     run_s = step * args.run_steps
     result["run_cost"] = {"vocab": vocab, "salt_step_s": step, "run_steps": args.run_steps, "salt_run_s": run_s,
                           "train_rows": args.train_rows, "scoring_s": score_s,

@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 # Bump when the score's definition or the cache layout changes: old caches are then never reused.
 SCORE_VERSION = 1
-# Fp32 temporaries of `sequence_scores` per chunk of tokens (elements): bounds its memory for large vocabularies.
-_CHUNK_ELEMENTS = 1 << 24
+# Elements per chunk of `sequence_scores` (tokens x vocab): bounds its memory for large vocabularies.
+# On CPU 8 MiB of fp32, so that a chunk's passes run from cache; on accelerators 256 MiB, so that kernels stay few.
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "other": 1 << 26}
 
 
 def sequence_scores(
@@ -76,20 +77,24 @@ def sequence_scores(
     logits = teacher_logits.reshape(batch * seq, vocab)
     flat_labels = labels.reshape(-1)
     supervised = flat_labels != ignore_index
-    if bool(((flat_labels < 0) & supervised).any()) or bool(((flat_labels >= vocab) & supervised).any()):
+    if bool((((flat_labels < 0) | (flat_labels >= vocab)) & supervised).any()):  # the one host sync
         raise ValueError(f"labels must be in [0, {vocab}) or ignore_index={ignore_index}.")
-    chunk = chunk_size or max(1, _CHUNK_ELEMENTS // vocab)
-    kept = torch.full((batch * seq,), float("nan"), dtype=torch.float32, device=logits.device)
-    rows = supervised.nonzero().squeeze(-1)
-    for start in range(0, rows.numel(), chunk):
-        idx = rows[start : start + chunk]
-        part = logits.index_select(0, idx).float()
-        target = part.gather(1, flat_labels.index_select(0, idx)[:, None])
+    safe_labels = torch.where(supervised, flat_labels, torch.zeros_like(flat_labels))
+    elements = _CHUNK_ELEMENTS["cpu" if teacher_logits.device.type == "cpu" else "other"]
+    chunk = chunk_size or max(1, elements // vocab)
+    kept = torch.empty(batch * seq, dtype=torch.float32, device=logits.device)
+    nan = torch.tensor(float("nan"), dtype=torch.float32, device=logits.device)
+    for start in range(0, batch * seq, chunk):
+        stop = min(start + chunk, batch * seq)
+        part = logits[start:stop].float()  # a view for fp32 logits, a (chunk, vocab) copy otherwise
+        target = part.gather(1, safe_labels[start:stop, None])
         nll = torch.logsumexp(part, dim=-1) - target.squeeze(1)
+        keep = supervised[start:stop]
         if top_k < vocab:
-            learnable = (part > target).sum(dim=-1) < top_k
-            nll = torch.where(learnable, nll, torch.full_like(nll, float("nan")))
-        kept.index_copy_(0, idx, nll)
+            # fewer than top_k logits strictly above the label's <=> the k-th largest logit is <= the label's
+            kth = torch.topk(part, top_k, dim=-1, sorted=False).values.amin(dim=-1)
+            keep = keep & (target.squeeze(1) >= kth)
+        kept[start:stop] = torch.where(keep, nll, nan)
     # nanquantile(0.5) interpolates linearly: the mean of the two middle values for an even count, NaN if none kept
     return torch.nanquantile(kept.view(batch, seq), 0.5, dim=1)
 
@@ -169,6 +174,19 @@ class KDSelectionSampler(Sampler[int]):
 # ---- the offline scoring pass ----
 
 
+def default_score_cache_dir() -> str:
+    """`<HF datasets cache>/salt_hf_scores` (`HF_DATASETS_CACHE` is honoured), without needing `datasets`."""
+    root = os.environ.get("HF_DATASETS_CACHE")
+    if root is None:
+        try:
+            import datasets
+
+            root = str(datasets.config.HF_DATASETS_CACHE)
+        except ImportError:
+            root = os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "datasets")
+    return os.path.join(root, "salt_hf_scores")
+
+
 def _hash_update(digest, value: Any) -> None:
     digest.update(json.dumps(value, sort_keys=True, default=str).encode())
 
@@ -216,31 +234,47 @@ def dataset_fingerprint(dataset) -> str:
     return f"rows-{digest.hexdigest()}"
 
 
-def _rows(dataset, start: int, stop: int) -> list[dict[str, Any]]:
-    if hasattr(dataset, "select") and hasattr(dataset, "column_names"):  # datasets.Dataset: one read per batch
-        block = dataset[start:stop]
-        return [{key: block[key][i] for key in block} for i in range(stop - start)]
-    return [dataset[i] for i in range(start, stop)]
+def _rows(dataset, start: int, stop: int) -> dict[str, list]:
+    """Rows `[start, stop)` as columns (one read for a `datasets.Dataset`)."""
+    if hasattr(dataset, "select") and hasattr(dataset, "column_names"):  # datasets.Dataset
+        return dataset[start:stop]
+    rows = [dataset[i] for i in range(start, stop)]
+    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-def _batch(rows: list[dict[str, Any]], ignore_index: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pads a list of rows to one batch (attention mask 0 and label `ignore_index` on the padding)."""
-    length = max(len(row["input_ids"]) for row in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    labels = torch.full((len(rows), length), ignore_index, dtype=torch.long)
-    positions = torch.zeros(len(rows), length, dtype=torch.long) if "position_ids" in rows[0] else None
-    for i, row in enumerate(rows):
-        n = len(row["input_ids"])
-        ids[i, :n] = torch.as_tensor(row["input_ids"])
-        labels[i, :n] = torch.as_tensor(row["labels"] if "labels" in row else row["input_ids"])
-        mask[i, :n] = torch.as_tensor(row["attention_mask"]) if "attention_mask" in row else 1
-        if positions is not None:
-            positions[i, :n] = torch.as_tensor(row["position_ids"])
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if positions is not None:
-        batch["position_ids"] = positions
-    return {key: value.to(device) for key, value in batch.items()}
+def _as_list(value) -> list:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def _batch(block: dict[str, list], ignore_index: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One batch from a block of rows; rows of unequal length are right-padded (mask 0, label `ignore_index`)."""
+    ids_rows = [_as_list(r) for r in block["input_ids"]]
+    label_rows = [_as_list(r) for r in block["labels"]] if "labels" in block else ids_rows
+    lengths = [len(r) for r in ids_rows]
+    length, n = max(lengths), len(ids_rows)
+    if min(lengths) == length:  # packed rows: no padding
+        batch = {"input_ids": torch.tensor(ids_rows), "labels": torch.tensor(label_rows)}
+        if "attention_mask" in block:
+            batch["attention_mask"] = torch.tensor([_as_list(r) for r in block["attention_mask"]])
+        if "position_ids" in block:
+            batch["position_ids"] = torch.tensor([_as_list(r) for r in block["position_ids"]])
+    else:
+        batch = {
+            "input_ids": torch.zeros(n, length, dtype=torch.long),
+            "attention_mask": torch.zeros(n, length, dtype=torch.long),
+            "labels": torch.full((n, length), ignore_index, dtype=torch.long),
+        }
+        if "position_ids" in block:
+            batch["position_ids"] = torch.zeros(n, length, dtype=torch.long)
+        for i, k in enumerate(lengths):
+            batch["input_ids"][i, :k] = torch.tensor(ids_rows[i])
+            batch["labels"][i, :k] = torch.tensor(label_rows[i])
+            batch["attention_mask"][i, :k] = (
+                torch.tensor(_as_list(block["attention_mask"][i])) if "attention_mask" in block else 1
+            )
+            if "position_ids" in block:
+                batch["position_ids"][i, :k] = torch.tensor(_as_list(block["position_ids"][i]))
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 def score_cache_key(dataset_fp: str, teacher_fp: str, *, top_k: int, ignore_index: int) -> str:
@@ -344,11 +378,12 @@ def _score_shards(teacher, dataset, shards, files, *, top_k, batch_size, ignore_
                 batch = _batch(_rows(dataset, a, b), ignore_index, device)
                 labels = batch.pop("labels")
                 logits = teacher(**batch, use_cache=False).logits
-                parts.append(sequence_scores(logits[:, :-1], labels[:, 1:], top_k=top_k,
-                                             ignore_index=ignore_index).cpu())  # fmt: skip
+                # position t predicts label t + 1; the last position predicts nothing (no copy of the logits)
+                targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=ignore_index)
+                parts.append(sequence_scores(logits, targets, top_k=top_k, ignore_index=ignore_index))
                 del logits
                 bar.update(b - a)
-            _atomic_save(files[(start, stop)], torch.cat(parts).numpy().astype(np.float32))
+            _atomic_save(files[(start, stop)], torch.cat(parts).cpu().numpy().astype(np.float32))
     finally:
         bar.close()
         teacher.train(was_training)

@@ -19,6 +19,7 @@ from .schedules import kd_weight
 from .selection import (
     KDSelectionSampler,
     dataset_fingerprint,
+    default_score_cache_dir,
     describe_selection,
     model_fingerprint,
     path_fingerprint,
@@ -277,9 +278,7 @@ class SALTTrainer(Trainer):
             )
         if self._resolve_kd_steps(args.max_steps) == 0:
             return None
-        import datasets
-
-        cache_dir = args.kd_select_cache_dir or str(Path(datasets.config.HF_DATASETS_CACHE) / "salt_hf_scores")
+        cache_dir = args.kd_select_cache_dir or default_score_cache_dir()
         key = score_cache_key(dataset_fingerprint(dataset), self._teacher_fingerprint(), top_k=args.kd_select_top_k,
                               ignore_index=-100)  # fmt: skip
         scores = score_dataset(
@@ -304,7 +303,7 @@ class SALTTrainer(Trainer):
             "cache": str(Path(cache_dir) / key),
         }
         if (
-            isinstance(dataset, datasets.Dataset)
+            hasattr(dataset, "add_column")  # a datasets.Dataset
             and args.remove_unused_columns
             and "kd_score" not in dataset.column_names
         ):
