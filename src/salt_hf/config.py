@@ -154,8 +154,9 @@ class SALTConfig(TrainingArguments):
     kd_compile: bool = field(
         default=False,
         metadata={
-            "help": "Compile the default KD term (forward KL, tau 1) with torch.compile: its passes over the "
-            "vocabulary fuse, the KD step gets cheaper (benchmarks/RESULTS.md section 1); the first step compiles."
+            "help": "Compile the default KD term (forward KL, tau 1) with torch.compile, fusing its passes over the "
+            "vocabulary. Faster for the loss alone, but within a whole CPU step it measured slower than eager "
+            "(benchmarks/RESULTS.md section 1): off by default; try it on your hardware. The first step compiles."
         },
     )
 
