@@ -230,12 +230,18 @@ def test_accelerate_launch_train_py(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 2
 
 
-def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
+@pytest.mark.parametrize("selection", [False, True], ids=["salt", "salt_ds"])
+def test_demo_writes_table_plot_and_summary(tmp_path, capsys, selection):
     teacher_json = write_json(tmp_path / "tiny_teacher.json", TINY_TEACHER)
-    args = quick_args(tmp_path, teacher_config=teacher_json, teacher_max_steps=4, kd_ratio=0.5, learning_rate=0.01)
+    args = quick_args(tmp_path, teacher_config=teacher_json, teacher_max_steps=4, kd_ratio=0.5, learning_rate=0.01,
+                      kd_data_selection=str(selection).lower(), kd_select_top_k=256,
+                      kd_select_cache_dir=str(tmp_path / "scores"))  # fmt: skip
     assert demo_cli.main(["--config", str(ROOT / "configs" / "demo.yaml"), *args]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["kd_data_selection"] is selection
+    # only the SALT run scores the data (the teacher's and the baseline's runs have no selection)
+    assert len(list((tmp_path / "scores").glob("*/scores.npy"))) == int(selection)
     assert set(summary["runs"]) == {"teacher", "baseline", "salt"}
     assert summary["baseline_final_eval_loss"] == summary["runs"]["baseline"]["eval_loss"]
     steps = [s for s, _ in summary["runs"]["salt"]["curve"]]
