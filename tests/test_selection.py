@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 
@@ -210,10 +211,10 @@ class RecordingCollator:
 
 def ds_run(tmp_path, tokenizer, ds, teacher_dir, out, resume=None, **kw):
     collator = RecordingCollator()
+    kw = {"kd_select_fraction": 0.25, **kw}
     args = config(tmp_path, output_dir=str(tmp_path / out), max_steps=6, per_device_train_batch_size=2,
                   gradient_accumulation_steps=2, kd_steps=3, learning_rate=3e-3, kd_data_selection=True,
-                  kd_select_fraction=0.25, kd_select_top_k=128, remove_unused_columns=False,
-                  kd_select_cache_dir=str(tmp_path / "scores"),
+                  kd_select_top_k=128, remove_unused_columns=False, kd_select_cache_dir=str(tmp_path / "scores"),
                   per_device_eval_batch_size=8, **kw)  # fmt: skip
     trainer = SALTTrainer(model=make_llama(len(tokenizer), 32, 2, seed=0), teacher_model=teacher_dir, args=args,
                           train_dataset=ds, processing_class=tokenizer, data_collator=collator)  # fmt: skip
@@ -275,3 +276,25 @@ def test_selection_config_errors(tmp_path):
         SALTConfig(**base, max_steps=4, kd_select_top_k=0)
     with pytest.raises(ValueError, match="teacher_placement='zero3'"):
         SALTConfig(**base, max_steps=4, kd_data_selection=True, teacher_placement="zero3")
+
+
+def test_scoring_a_seeded_subset_selects_from_it(tmp_path, tokenizer, token_stream, teacher):
+    teacher_dir = save_teacher(teacher, tokenizer, tmp_path / "teacher")
+    ds = rows_dataset(token_stream, 24)
+    trainer, seen = ds_run(tmp_path, tokenizer, ds, teacher_dir, "pool", kd_select_max_sequences=10,
+                           kd_select_fraction=0.5)  # fmt: skip
+    selection = trainer._kd_selection
+    scored = np.flatnonzero(~np.isnan(selection["scores"]))
+    assert scored.size <= 10 and np.isnan(selection["scores"]).sum() >= 14  # only the pool of 10 was scored
+    (cache,) = (tmp_path / "scores").iterdir()
+    assert json.loads((cache / "meta.json").read_text())["sequences"] == 10
+    selected = set(selection["selected"].tolist())
+    assert len(selected) == 5 and selected <= set(scored.tolist())  # half of the pool, never outside it
+    assert set(seen[:12]) <= selected
+    # the pool is a function of the seed: a second run reads the same cache entry
+    again, _ = ds_run(tmp_path, tokenizer, ds, teacher_dir, "pool2", kd_select_max_sequences=10,
+                      kd_select_fraction=0.5)  # fmt: skip
+    assert again._kd_selection["selected"].tolist() == selection["selected"].tolist()
+    assert len(list((tmp_path / "scores").iterdir())) == 1
+    with pytest.raises(ValueError, match="kd_select_max_sequences=0"):
+        SALTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=4, kd_select_max_sequences=0)

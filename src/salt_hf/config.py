@@ -73,6 +73,8 @@ class SALTConfig(TrainingArguments):
             SALT_DS: fraction of the highest-scoring sequences skipped before selecting (drops likely noise).
         kd_select_batch_size (`int`, *optional*):
             SALT_DS: sequences per teacher forward while scoring; `per_device_eval_batch_size` by default.
+        kd_select_max_sequences (`int`, *optional*):
+            SALT_DS: score (and select from) only a seeded random subset of this many sequences.
         kd_select_cache_dir (`str`, *optional*):
             SALT_DS: folder of the score cache; `<HF datasets cache>/salt_hf_scores` by default.
         kd_compile (`bool`, *optional*, defaults to `False`):
@@ -194,6 +196,14 @@ class SALTConfig(TrainingArguments):
             "help": "SALT_DS: sequences per teacher forward while scoring; per_device_eval_batch_size if unset."
         },
     )
+    kd_select_max_sequences: int | None = field(
+        default=None,
+        metadata={
+            "help": "SALT_DS: score only a seeded random subset of this many training sequences and select from it "
+            "(the whole dataset if unset). Scoring costs one teacher forward per scored token: a run that trains on "
+            "a fraction of its dataset pays only for what it can use (benchmarks/RESULTS.md section 4)."
+        },
+    )
     kd_select_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -304,6 +314,8 @@ class SALTConfig(TrainingArguments):
             )
         if self.kd_select_top_k < 1:
             raise ValueError(f"kd_select_top_k={self.kd_select_top_k} must be >= 1.")
+        if self.kd_select_max_sequences is not None and self.kd_select_max_sequences < 1:
+            raise ValueError(f"kd_select_max_sequences={self.kd_select_max_sequences} must be >= 1 (or unset).")
         if self.kd_select_batch_size is not None and self.kd_select_batch_size < 1:
             raise ValueError(f"kd_select_batch_size={self.kd_select_batch_size} must be >= 1 (or unset).")
         if self.kd_data_selection and self.max_steps <= 0:

@@ -219,6 +219,34 @@ def path_fingerprint(path: str | os.PathLike, init_kwargs: dict | None = None) -
     return digest.hexdigest()
 
 
+class IndexedView(torch.utils.data.Dataset):
+    """Rows `indices` of a map-style dataset, in that order (for datasets that have no `select`)."""
+
+    def __init__(self, dataset, indices: Sequence[int] | np.ndarray):
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.indices[i])]
+
+
+def subset_for_scoring(dataset, max_sequences: int | None, seed: int) -> tuple[Any, np.ndarray | None, str]:
+    """
+    The part of `dataset` SALT_DS scores: all of it, or a seeded random subset of `max_sequences` rows (sorted
+    indices). Returns (rows to score, their indices or None for all, a fingerprint of exactly those rows).
+    """
+    fingerprint = dataset_fingerprint(dataset)
+    n = len(dataset)
+    if max_sequences is None or max_sequences >= n:
+        return dataset, None, fingerprint
+    pool = np.sort(np.random.default_rng(seed).permutation(n)[:max_sequences])
+    digest = hashlib.blake2b(pool.tobytes(), digest_size=12).hexdigest()
+    rows = dataset.select(pool) if hasattr(dataset, "select") and hasattr(dataset, "column_names") else None
+    return (rows if rows is not None else IndexedView(dataset, pool)), pool, f"{fingerprint}-pool-{digest}"
+
+
 def dataset_fingerprint(dataset) -> str:
     """`datasets.Dataset`'s own fingerprint, else a hash of every row's token ids and labels."""
     fingerprint = getattr(dataset, "_fingerprint", None)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
@@ -18,7 +19,6 @@ from .losses import salt_loss
 from .schedules import kd_weight
 from .selection import (
     KDSelectionSampler,
-    dataset_fingerprint,
     default_score_cache_dir,
     describe_selection,
     model_fingerprint,
@@ -26,6 +26,7 @@ from .selection import (
     score_cache_key,
     score_dataset,
     select_sequences,
+    subset_for_scoring,
 )
 from .speedups import layerwise_param_groups, reshape_for_length, seq_length_at
 from .teacher import (
@@ -279,11 +280,13 @@ class SALTTrainer(Trainer):
         if self._resolve_kd_steps(args.max_steps) == 0:
             return None
         cache_dir = args.kd_select_cache_dir or default_score_cache_dir()
-        key = score_cache_key(dataset_fingerprint(dataset), self._teacher_fingerprint(), top_k=args.kd_select_top_k,
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        to_score, pool, rows_fingerprint = subset_for_scoring(dataset, args.kd_select_max_sequences, seed)
+        key = score_cache_key(rows_fingerprint, self._teacher_fingerprint(), top_k=args.kd_select_top_k,
                               ignore_index=-100)  # fmt: skip
         scores = score_dataset(
             None,
-            dataset,
+            to_score,
             cache_dir=cache_dir,
             cache_key=key,
             top_k=args.kd_select_top_k,
@@ -291,9 +294,14 @@ class SALTTrainer(Trainer):
             load_teacher=self._teacher_for_scoring,
             show_progress=not args.disable_tqdm,
         )
-        seed = args.data_seed if args.data_seed is not None else args.seed
+        # the fraction (and the band) apply to the scored sequences
         selected = select_sequences(scores, fraction=args.kd_select_fraction, drop_top=args.kd_select_drop_top,
                                     seed=seed)  # fmt: skip
+        if pool is not None:  # back to dataset indices; unscored sequences get NaN
+            selected = pool[selected]
+            full = np.full(len(dataset), np.nan, dtype=np.float32)
+            full[pool] = scores
+            scores = full
         summary = describe_selection(scores, selected)
         logger.info(f"SALT_DS selection: {summary}", main_process_only=True)
         self._kd_selection = {
