@@ -113,8 +113,28 @@ def build_model(size: str, vocab: int, seq: int, seed: int):
     return LlamaForCausalLM(cfg)
 
 
-def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
+def step_timer(device: str):
+    """A callback recording the wall-clock of every optimizer step, training only (evaluation excluded)."""
     from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t0 = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._t0)
+
+    return StepTimer()
+
+
+def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
 
     from salt_hf import SALTConfig, SALTTrainer
 
@@ -128,22 +148,6 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
     if spec.extra.get("kd_data_selection"):  # one score cache per corpus, shared by the SALT_DS runs
         spec.extra.setdefault("kd_select_cache_dir", str(work / "scores"))
     teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
-
-    class StepTimer(TrainerCallback):
-        """Wall-clock of every optimizer step, training only (evaluation excluded)."""
-
-        def __init__(self):
-            self.times, self._t0 = [], None
-
-        def on_step_begin(self, args, state, control, **kw):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self._t0)
 
     n_evals = 15
     args = SALTConfig(
@@ -171,7 +175,7 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
         **spec.extra,
     )
     model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
-    timer = StepTimer()
+    timer = step_timer(device)
     trainer = SALTTrainer(
         model=model,
         teacher_model=str(teacher_dir) if teacher_dir else None,

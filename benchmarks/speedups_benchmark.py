@@ -41,6 +41,7 @@ from salt_benchmark import (  # noqa: E402
     RunSpec,
     build_model,
     first_step_at_or_below,
+    step_timer,
     time_to_step,
 )
 from salt_benchmark import train_one as train_salt_benchmark_run  # noqa: E402
@@ -91,7 +92,6 @@ def suite(steps: int, seeds: list[int]) -> list[RunSpec]:
 
 
 def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
-    from transformers import TrainerCallback
 
     from salt_hf import SALTConfig, SALTTrainer
 
@@ -100,22 +100,6 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
     val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
     evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
     teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
-
-    class StepTimer(TrainerCallback):
-        """Wall-clock of every optimizer step, training only (evaluation excluded)."""
-
-        def __init__(self):
-            self.times, self._t0 = [], None
-
-        def on_step_begin(self, args, state, control, **kw):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self._t0)
 
     n_evals = 15
     fields = {"lr_scheduler_type": "cosine", **spec.extra}  # salt_benchmark.py's recipe, then the technique
@@ -143,7 +127,7 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
         **fields,
     )
     model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
-    timer = StepTimer()
+    timer = step_timer(device)
     trainer = SALTTrainer(model=model, teacher_model=str(teacher_dir) if teacher_dir else None, args=args,
                           train_dataset=Rows(torch.load(work / "train.pt")), eval_dataset=evals,
                           callbacks=[timer])  # fmt: skip
