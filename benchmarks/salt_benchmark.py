@@ -134,24 +134,13 @@ def step_timer(device: str):
     return StepTimer()
 
 
-def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
-
-    from salt_hf import SALTConfig, SALTTrainer
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    work = WORK / corpus
-    info = json.loads((work / "info.json").read_text())
-    train_rows = torch.load(work / "train.pt")
-    val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
-    evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
-    out_dir = work / "runs" / spec.name
-    if spec.extra.get("kd_data_selection"):  # one score cache per corpus, shared by the SALT_DS runs
-        spec.extra.setdefault("kd_select_cache_dir", str(work / "scores"))
-    teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
+def recipe_args(spec: RunSpec, device: str, output_dir: Path, **overrides):
+    """The benchmark's SALTConfig for one run: the recipe above, the run's SALT fields, then `spec.extra`."""
+    from salt_hf import SALTConfig
 
     n_evals = 15
-    args = SALTConfig(
-        output_dir=str(out_dir),
+    fields = dict(
+        output_dir=str(output_dir),
         max_steps=spec.steps,
         per_device_train_batch_size=BATCH,
         per_device_eval_batch_size=64,
@@ -172,8 +161,26 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
         kd_weight=spec.kd_weight if spec.teacher else 0.0,
         kd_ratio=spec.kd_ratio,
         kd_schedule=spec.kd_schedule,
-        **spec.extra,
     )
+    return SALTConfig(**{**fields, **spec.extra, **overrides})
+
+
+def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
+
+    from salt_hf import SALTTrainer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = WORK / corpus
+    info = json.loads((work / "info.json").read_text())
+    train_rows = torch.load(work / "train.pt")
+    val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
+    evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
+    out_dir = work / "runs" / spec.name
+    if spec.extra.get("kd_data_selection"):  # one score cache per corpus, shared by the SALT_DS runs
+        spec.extra.setdefault("kd_select_cache_dir", str(work / "scores"))
+    teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
+
+    args = recipe_args(spec, device, out_dir)
     model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
     timer = step_timer(device)
     trainer = SALTTrainer(

@@ -27,20 +27,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from salt_benchmark import (  # noqa: E402
-    BATCH,
     DEFAULT,
     EVAL_ROWS,
-    LR,
     RESULTS,
     STUDENT,
     TEACHERS,
-    WARMUP,
-    WEIGHT_DECAY,
     WORK,
     Rows,
     RunSpec,
     build_model,
     first_step_at_or_below,
+    recipe_args,
     step_timer,
     time_to_step,
 )
@@ -93,7 +90,7 @@ def suite(steps: int, seeds: list[int]) -> list[RunSpec]:
 
 def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
 
-    from salt_hf import SALTConfig, SALTTrainer
+    from salt_hf import SALTTrainer
 
     work = WORK / corpus
     info = json.loads((work / "info.json").read_text())
@@ -101,31 +98,8 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
     evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
     teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
 
-    n_evals = 15
     fields = {"lr_scheduler_type": "cosine", **spec.extra}  # salt_benchmark.py's recipe, then the technique
-    args = SALTConfig(
-        output_dir=str(work / "speedups_runs" / spec.name),
-        max_steps=spec.steps,
-        per_device_train_batch_size=BATCH,
-        per_device_eval_batch_size=64,
-        learning_rate=LR,
-        warmup_steps=WARMUP,
-        weight_decay=WEIGHT_DECAY,
-        eval_strategy="steps",
-        eval_steps=max(1, spec.steps // n_evals),
-        logging_steps=max(1, spec.steps // n_evals),
-        save_strategy="no",
-        report_to="none",
-        seed=spec.seed,
-        data_seed=spec.seed,
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        kd_weight=spec.kd_weight if spec.teacher else 0.0,
-        kd_ratio=spec.kd_ratio,
-        kd_schedule=spec.kd_schedule,
-        **fields,
-    )
+    args = recipe_args(spec, device, work / "speedups_runs" / spec.name)
     model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
     timer = step_timer(device)
     trainer = SALTTrainer(model=model, teacher_model=str(teacher_dir) if teacher_dir else None, args=args,
