@@ -77,3 +77,14 @@ def teacher(tokenizer):
     # A freshly initialised model predicts nearly uniform distributions; a larger output head makes the teacher's
     # distributions peaked and different from the student's, so the KD term is far above rounding.
     return make_llama(len(tokenizer), hidden=16, layers=1, seed=1, head_scale=40.0)
+
+
+@pytest.fixture
+def teacher_loads(monkeypatch) -> list:
+    """Records every call of SALTTrainer's teacher loader (the real loader still runs): one entry per load."""
+    import salt_hf.trainer as trainer_module
+
+    loads: list = []
+    real_load = trainer_module.load_teacher
+    monkeypatch.setattr(trainer_module, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    return loads

@@ -13,7 +13,6 @@ from conftest import make_llama
 from datasets import Dataset
 from test_trainer import config, flat_params, save_teacher
 
-import salt_hf.trainer as salt_trainer_module
 from salt_hf import SALTConfig, SALTTrainer
 from salt_hf.selection import (
     KDSelectionSampler,
@@ -223,11 +222,9 @@ def ds_run(tmp_path, tokenizer, ds, teacher_dir, out, resume=None, **kw):
 
 
 def test_kd_stage_batches_come_from_the_selection_and_resume_is_exact(tmp_path, tokenizer, token_stream, teacher,
-                                                                     monkeypatch):  # fmt: skip
+                                                                     teacher_loads):  # fmt: skip
+    loads = teacher_loads
     teacher_dir = save_teacher(teacher, tokenizer, tmp_path / "teacher")
-    loads = []
-    real_load = salt_trainer_module.load_teacher
-    monkeypatch.setattr(salt_trainer_module, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     ds = rows_dataset(token_stream, 24)
     full, seen = ds_run(tmp_path, tokenizer, ds, teacher_dir, "full", save_strategy="steps", save_steps=2)
     selection = full._kd_selection

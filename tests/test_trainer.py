@@ -14,7 +14,6 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-import salt_hf.trainer as salt_trainer_module
 from salt_hf import SALTConfig, SALTTrainer
 
 SEQ = 24
@@ -244,11 +243,9 @@ def save_teacher(teacher, tokenizer, path) -> str:
 
 
 def test_resume_inside_and_after_kd_stage_matches_uninterrupted(tmp_path, tokenizer, token_stream, teacher,
-                                                                monkeypatch):  # fmt: skip
+                                                                teacher_loads):  # fmt: skip
     teacher_dir = save_teacher(teacher, tokenizer, tmp_path / "teacher")
-    loads = []
-    real_load = salt_trainer_module.load_teacher
-    monkeypatch.setattr(salt_trainer_module, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    loads = teacher_loads
     ds = dataset(token_stream, 32, supervised=[24, 5, 17, 2] * 8)
 
     def run(out, resume=None, max_steps=6):
