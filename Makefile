@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[dev,deepspeed]'
+	$(PIP) install -q -e '.[dev,deepspeed,eval]'
 	touch $@
 
 install: $(VENV)/.installed

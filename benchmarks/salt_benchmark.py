@@ -33,6 +33,8 @@ WORK, RESULTS = HERE / "work", HERE / "results"
 BATCH, LR, WARMUP, WEIGHT_DECAY, EVAL_ROWS = 16, 2e-3, 50, 0.01, 256
 STUDENT, TEACHERS = "5m", {"1m": 2.0, "3m": 2.0}  # teacher size -> its steps as a multiple of the student's
 DEFAULT = dict(kd_weight=0.5, kd_ratio=0.2, kd_schedule="step", teacher="1m")
+# The best setting by the dev half on both corpora (grid of section 2 in RESULTS.md, seed 0): its seeds 1 and 2
+BEST = dict(DEFAULT, kd_weight=0.75, kd_ratio=0.4)
 
 
 @dataclass
@@ -68,8 +70,12 @@ def suite(steps: int) -> tuple[list[RunSpec], list[RunSpec]]:
                 )
     s.append(RunSpec("rkd_whole_run", steps=steps, group="negative_control", **{**DEFAULT, "kd_ratio": 1.0}))
     s.append(RunSpec("salt_teacher_3m", steps=steps, group="teacher_size", **{**DEFAULT, "teacher": "3m"}))
+    for seed in (1, 2):  # seed 0 of the best setting is its grid row
+        s.append(RunSpec(f"salt_w0.75_r0.4_s{seed}", steps=steps, seed=seed, group="best_seeds", **BEST))
     for frac in (0.6, 0.7, 0.8):
         s.append(RunSpec(f"salt_budget_{frac}", steps=int(steps * frac), group="budget", **DEFAULT))
+    for frac in (0.5, 0.6, 0.7):
+        s.append(RunSpec(f"salt_best_budget_{frac}", steps=int(steps * frac), group="budget", **BEST))
     # SALT_DS: the default recipe with the KD stage drawn from the teacher's top-scored sequences
     for frac, seeds in ((0.5, (0, 1, 2)), (0.25, (0,)), (0.75, (0,))):
         for seed in seeds:
@@ -165,7 +171,7 @@ def recipe_args(spec: RunSpec, device: str, output_dir: Path, **overrides):
     return SALTConfig(**{**fields, **spec.extra, **overrides})
 
 
-def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
+def train_one(spec: RunSpec, corpus: str, device: str, results: Path = RESULTS, save_model: bool = False) -> dict:
 
     from salt_hf import SALTTrainer
 
@@ -200,6 +206,8 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
     wall = time.time() - t0
     if spec.group == "teacher":
         trainer.save_model(str(work / "teachers" / spec.model))
+    elif save_model:  # kept for the downstream check (benchmarks/downstream_eval.py)
+        trainer.save_model(str(out_dir / "final"))
     # the two eval sets are logged as two entries per evaluation step
     by_step: dict[int, dict] = {}
     for h in trainer.state.log_history:
@@ -227,7 +235,7 @@ def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
         "median_plain_step_s": statistics.median(timer.times[kd_steps:]) if kd_steps < len(timer.times) else None,
         "train_log": [h for h in trainer.state.log_history if "loss" in h],
     }
-    path = RESULTS / corpus / "runs" / f"{spec.name}.json"
+    path = results / corpus / "runs" / f"{spec.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result) + "\n")
     print(f"{spec.name}: test {result['final_test_loss']:.4f} wall {wall:.0f}s", flush=True)
@@ -339,29 +347,36 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--only", default=None, help="comma-separated run names (debugging)")
+    parser.add_argument("--only", default=None, help="comma-separated run names (a part of the suite)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where runs/ and summary.json go, per corpus")
+    parser.add_argument("--save-models", action="store_true", help="save each student (for downstream_eval.py)")
     args = parser.parse_args()
+    res_dir = args.results.resolve()
     t0 = time.time()
     teachers, students = suite(args.steps)
     if args.only:
         keep = set(args.only.split(","))
         teachers, students = [r for r in teachers if r.name in keep], [r for r in students if r.name in keep]
+
+    def run_args(n):
+        return [args.corpus] * n, [args.device] * n, [res_dir] * n, [args.save_models] * n
+
     results = {}
     with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
         for spec, res in zip(
             teachers,
-            pool.map(train_one, teachers, [args.corpus] * len(teachers), [args.device] * len(teachers)),
+            pool.map(train_one, teachers, *run_args(len(teachers))),
             strict=True,
         ):
             results[spec.name] = res
         for spec, res in zip(
             students,
-            pool.map(train_one, students, [args.corpus] * len(students), [args.device] * len(students)),
+            pool.map(train_one, students, *run_args(len(students))),
             strict=True,
         ):
             results[spec.name] = res
     if args.only:  # summarise with the runs stored by earlier invocations (same corpus and steps)
-        stored = {p.stem: json.loads(p.read_text()) for p in (RESULTS / args.corpus / "runs").glob("*.json")}
+        stored = {p.stem: json.loads(p.read_text()) for p in (res_dir / args.corpus / "runs").glob("*.json")}
         results = {**{k: v for k, v in stored.items() if v["spec"]["steps"] in (args.steps,) or
                       v["spec"]["group"] in ("teacher", "budget")}, **results}  # fmt: skip
         if not all(f"{n}_s{s}" in results for n in ("baseline", "salt_default") for s in (0, 1, 2)):
@@ -370,7 +385,7 @@ def main():
     summary["suite_wall_s"] = time.time() - t0
     summary["device"] = args.device
     summary["workers"] = args.workers
-    out = RESULTS / args.corpus
+    out = res_dir / args.corpus
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(args.corpus, results, out / "curves.png")
     print(json.dumps({k: summary[k] for k in ("default_setting", "best_setting_by_dev", "suite_wall_s")}, indent=1))

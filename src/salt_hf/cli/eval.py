@@ -1,0 +1,140 @@
+"""salt-eval: downstream evaluation of checkpoints with lm-evaluation-harness (pip install 'salt_hf[eval]').
+
+    # offline: a LAMBADA-style last-word task cut from held-out prose that no run trained on
+    salt-eval --model_name_or_path runs/salt --lastword_text heldout/*.txt --output_file runs/salt/lastword.json
+    # the harness's standard tasks (their datasets must be in the local Hugging Face cache when offline)
+    salt-eval --model_name_or_path runs/salt --tasks lambada_openai,hellaswag --num_fewshot 0 --device cuda
+
+Flags may also come from `--config file.yaml`, as for salt-train. Writes one JSON with the harness's results per
+task and the arguments that produced them; an existing output file is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from salt_hf.cli.train import InputError, parse_args
+from salt_hf.evaluation import (
+    LASTWORD_TASK,
+    evaluate_checkpoint,
+    lastword_passages,
+    require_lm_eval,
+    write_lastword_task,
+)
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str = field(metadata={"help": "A save_pretrained folder (salt-train's output_dir)."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's folder."})
+    tasks: str | None = field(
+        default=None,
+        metadata={"help": f"Comma-separated harness tasks. Default: {LASTWORD_TASK} when --lastword_text is given."},
+    )
+    lastword_text: list[str] | None = field(
+        default=None,
+        metadata={"help": f"Held-out text files (or folders of .txt files) for the offline {LASTWORD_TASK} task."},
+    )
+    lastword_max_passages: int = field(default=1000, metadata={"help": "At most this many scored passages."})
+    lastword_min_words: int = field(default=30, metadata={"help": "Shortest passage, in words."})
+    lastword_max_words: int = field(
+        default=70, metadata={"help": "Longest passage, in words (keep contexts within the model's window)."}
+    )
+    include_path: str | None = field(default=None, metadata={"help": "A folder of your own harness task YAMLs."})
+    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per prompt (task default)."})
+    batch_size: int = field(default=16, metadata={"help": "Harness batch size."})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    limit: float | None = field(default=None, metadata={"help": "Score only this many (or this fraction of) docs."})
+    seed: int = field(default=0, metadata={"help": "Seed of the harness (few-shot sampling) and of the task split."})
+    output_file: str | None = field(default=None, metadata={"help": "Results JSON; must not exist yet."})
+
+
+def _text_files(paths: list[str]) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.rglob("*.txt")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"--lastword_text {p}: no such file or folder.")
+    if not files:
+        raise InputError(f"--lastword_text {paths}: no .txt files there.")
+    return files
+
+
+def check(args: EvalArguments) -> None:
+    """Every check that can fail, before the harness loads anything."""
+    model = Path(args.model_name_or_path)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not (model / "config.json").is_file():
+        raise InputError(
+            f"--model_name_or_path {model}: no config.json there and the hub is offline; give a save_pretrained"
+            " folder."
+        )
+    if not args.tasks and not args.lastword_text:
+        raise InputError("nothing to evaluate: give --tasks (harness task names) and/or --lastword_text (files).")
+    if args.output_file and Path(args.output_file).exists():
+        raise InputError(f"--output_file {args.output_file} exists; nothing was changed. Choose another path.")
+    if args.lastword_min_words < 2 or args.lastword_max_words < args.lastword_min_words:
+        raise InputError("need 2 <= --lastword_min_words <= --lastword_max_words.")
+    require_lm_eval()
+
+
+def run(args: EvalArguments) -> dict:
+    check(args)
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    with tempfile.TemporaryDirectory(prefix="salt_eval_") as tmp:
+        include = [args.include_path] if args.include_path else []
+        if args.lastword_text:
+            texts = [f.read_text(encoding="utf-8", errors="replace") for f in _text_files(args.lastword_text)]
+            passages = lastword_passages(texts, min_words=args.lastword_min_words, max_words=args.lastword_max_words)
+            try:
+                write_lastword_task(passages, tmp, max_passages=args.lastword_max_passages, seed=args.seed)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+            include.append(tmp)
+            if LASTWORD_TASK not in tasks:
+                tasks.append(LASTWORD_TASK)
+        if len(include) > 1:  # the harness takes one include folder: gather the user's YAMLs beside ours
+            for y in Path(include[0]).glob("*.yaml"):
+                (Path(tmp) / y.name).write_text(y.read_text())
+        results = evaluate_checkpoint(
+            args.model_name_or_path,
+            tasks,
+            tokenizer=args.tokenizer_name_or_path,
+            include_path=include[-1] if include else None,
+            num_fewshot=args.num_fewshot,
+            batch_size=args.batch_size,
+            device=args.device,
+            limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
+    report = {"arguments": asdict(args), "results": results["results"], "n_samples": results["n_samples"]}
+    for task, metrics in results["results"].items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k)
+        print(f"{task}: {shown}")
+    if args.output_file:
+        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_file).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        (args,) = parse_args(argv, classes=(EvalArguments,))
+        run(args)
+    except (InputError, ValueError, ImportError) as err:
+        print(f"salt-eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
