@@ -110,6 +110,13 @@ def prose_corpus() -> DatasetDict | None:
     return DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()})
 
 
+def write_heldout_text(validation: Dataset, folder: Path) -> None:
+    """The held-out documents as plain text, one file each, for the downstream check (downstream_eval.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in validation:
+        (folder / (re.sub(r"[^\w.-]+", "_", row["name"]) + ".txt")).write_text(row["text"], encoding="utf-8")
+
+
 def prepare(name: str, corpus: DatasetDict, vocab: int, seq_length: int) -> dict:
     out = WORK / name
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +130,7 @@ def prepare(name: str, corpus: DatasetDict, vocab: int, seq_length: int) -> dict
         info[f"{split}_bytes_of_text"] = sum(len(t.encode()) for t in corpus[split]["text"])
         info[f"{split}_documents"] = len(corpus[split])
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_heldout_text(corpus["validation"], out / "heldout")
     print(json.dumps(info))
     return info
 

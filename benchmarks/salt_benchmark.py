@@ -249,71 +249,149 @@ def first_step_at_or_below(curve, target: float, col: int = 1):
     return next((row[0] for row in curve if row[col] <= target), None)
 
 
+def first_step_staying_at_or_below(curve, target: float, col: int = 1):
+    """The evaluation step from which every later evaluation is at or below `target` (None if the last is not)."""
+    step = None
+    for row in reversed(curve):
+        if row[col] > target:
+            break
+        step = row[0]
+    return step
+
+
 def time_to_step(result: dict, step: int | None) -> float | None:
     return None if step is None else sum(result["step_times_s"][:step])
 
 
-def summarise(corpus: str, results: dict[str, dict], steps: int) -> dict:
-    def ratio_stats(values):
-        vals = [v for v in values if v is not None]
-        return {
-            "mean": statistics.mean(vals) if vals else None,
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
-            "seeds": values,
-        }
+def ratio_stats(values):
+    vals = [v for v in values if v is not None]
+    return {
+        "mean": statistics.mean(vals) if vals else None,
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
+        "seeds": values,
+    }
 
+
+def seed_runs(name: str, rows: dict) -> list[str]:
+    """The seed-0 run `name` and its seeds 1 and 2, by the suite's naming (`x_s0`/`x_s1`, or `x` then `x_s1`)."""
+    stem = name[: -len("_s0")] if name.endswith("_s0") else name
+    return [name] + [f"{stem}_s{s}" for s in (1, 2) if f"{stem}_s{s}" in rows]
+
+
+def summarise(corpus: str, results: dict[str, dict], steps: int, baselines: dict[str, dict] | None = None) -> dict:
+    """Per-run rows and the suite's headline numbers.
+
+    Each run is measured against its own seed's baseline: steps-to-target against that baseline's final test loss,
+    wall-clock-to-target against a baseline's whole training time on the same device (the same seed's when it ran
+    there, else seed 0's). `baselines` supplies baseline runs missing from `results` (e.g. GPU baselines for a part
+    of the suite rerun on CPU); each row says which baseline it used.
+    """
+    pool = {**(baselines or {}), **{k: v for k, v in results.items() if k.startswith("baseline_s")}}
+    base = {s: pool[f"baseline_s{s}"] for s in (0, 1, 2) if f"baseline_s{s}" in pool}
     rows = {}
-    base = {s: results[f"baseline_s{s}"] for s in (0, 1, 2)}
     for name, r in results.items():
         if r["spec"]["group"] == "teacher":
             rows[name] = {"final_test_loss": r["final_test_loss"], "params": r["params"], "steps": r["spec"]["steps"]}
             continue
-        b = base[r["spec"]["seed"]]
+        b = base.get(r["spec"]["seed"])
+        if b is None:
+            continue
+        same_device = [x for x in (b, *base.values()) if x["device"] == r["device"]]
         target = b["final_test_loss"]
         reach = first_step_at_or_below(r["curve_step_test_dev"], target)
         t_reach = time_to_step(r, reach)
+        # the loss can rise again when KD switches off: also report from when it stays at or below the target
+        stay = first_step_staying_at_or_below(r["curve_step_test_dev"], target)
         rows[name] = {
             "group": r["spec"]["group"],
+            "seed": r["spec"]["seed"],
+            "device": r["device"],
             "final_test_loss": r["final_test_loss"],
             "final_dev_loss": r["final_dev_loss"],
             "baseline_final_test_loss": target,
+            "baseline_device": b["device"],
             "steps": r["spec"]["steps"],
             "kd_steps": r["kd_steps"],
             "steps_to_target_ratio": reach / b["spec"]["steps"] if reach is not None else None,
-            "wallclock_to_target_ratio": t_reach / sum(b["step_times_s"]) if t_reach is not None else None,
+            "steps_to_stay_at_target_ratio": stay / b["spec"]["steps"] if stay is not None else None,
+            "wallclock_to_target_ratio": (
+                t_reach / sum(same_device[0]["step_times_s"]) if t_reach is not None and same_device else None
+            ),
+            "wallclock_baseline": f"baseline_s{same_device[0]['spec']['seed']}" if same_device else None,
             "median_kd_step_s": r["median_kd_step_s"],
             "median_plain_step_s": r["median_plain_step_s"],
             "budget_reaches_target": r["final_test_loss"] <= target,
         }
+    summary = {
+        "corpus": corpus,
+        "steps": steps,
+        "baseline_final_test_loss": ratio_stats([base[s]["final_test_loss"] for s in sorted(base)]),
+        "runs": rows,
+    }
+
+    def seeds_block(names):
+        return {
+            "runs": names,
+            "steps_to_target_ratio": ratio_stats([rows[n]["steps_to_target_ratio"] for n in names]),
+            "wallclock_to_target_ratio": ratio_stats([rows[n]["wallclock_to_target_ratio"] for n in names]),
+            "steps_to_stay_at_target_ratio": ratio_stats([rows[n]["steps_to_stay_at_target_ratio"] for n in names]),
+            "final_test_loss": ratio_stats([rows[n]["final_test_loss"] for n in names]),
+            "baseline_final_test_loss": ratio_stats([rows[n]["baseline_final_test_loss"] for n in names]),
+        }
+
     # best setting: lowest final DEV loss among seed-0 SALT settings on the full budget (never the test half)
     candidates = {
         n: r
         for n, r in rows.items()
-        if r.get("group") in ("default", "schedule", "grid", "teacher_size") and not n.endswith(("_s1", "_s2"))
+        if r.get("group") in ("default", "schedule", "grid", "teacher_size") and r["seed"] == 0 and r["steps"] == steps
     }
-    best = min(candidates, key=lambda n: candidates[n]["final_dev_loss"])
-    default_seeds = [rows[f"salt_default_s{s}"] for s in (0, 1, 2)]
-    summary = {
-        "corpus": corpus,
-        "steps": steps,
-        "baseline_final_test_loss": ratio_stats([base[s]["final_test_loss"] for s in (0, 1, 2)]),
-        "best_setting_by_dev": {"run": best, "spec": results[best]["spec"], **rows[best]},
-        "default_setting": {
-            "spec": results["salt_default_s0"]["spec"],
-            "steps_to_target_ratio": ratio_stats([r["steps_to_target_ratio"] for r in default_seeds]),
-            "wallclock_to_target_ratio": ratio_stats([r["wallclock_to_target_ratio"] for r in default_seeds]),
-            "final_test_loss": ratio_stats([r["final_test_loss"] for r in default_seeds]),
-        },
-        "runs": rows,
-    }
-    ds = [rows[f"salt_ds_f0.5_s{s}"] for s in (0, 1, 2) if f"salt_ds_f0.5_s{s}" in rows]
+    if candidates:
+        best = min(candidates, key=lambda n: candidates[n]["final_dev_loss"])
+        spec = results[best]["spec"]
+        setting = {k: spec[k] for k in ("kd_weight", "kd_ratio", "kd_schedule", "teacher")}
+        summary["best_setting_by_dev"] = {"run": best, "setting": setting, **seeds_block(seed_runs(best, rows))}
+    if "salt_default_s0" in rows:
+        summary["default_setting"] = {"spec": results["salt_default_s0"]["spec"], **seeds_block(
+            seed_runs("salt_default_s0", rows))}  # fmt: skip
+    ds = [f"salt_ds_f0.5_s{s}" for s in (0, 1, 2) if f"salt_ds_f0.5_s{s}" in rows]
     if ds:
-        summary["salt_ds_f0.5"] = {
-            "steps_to_target_ratio": ratio_stats([r["steps_to_target_ratio"] for r in ds]),
-            "wallclock_to_target_ratio": ratio_stats([r["wallclock_to_target_ratio"] for r in ds]),
-            "final_test_loss": ratio_stats([r["final_test_loss"] for r in ds]),
-        }
+        summary["salt_ds_f0.5"] = seeds_block(ds)
     return summary
+
+
+def write_top_summary() -> dict:
+    """benchmarks/results/summary.json: per corpus, the best SALT setting's headline numbers, from the suite summary
+    that holds the most seeds of it (a full suite, or a rerun of part of it in a subfolder such as results/cpu)."""
+    top = {}
+    for path in sorted(RESULTS.glob("**/summary.json")):
+        s = json.loads(path.read_text())
+        best = s.get("best_setting_by_dev") if isinstance(s, dict) and "corpus" in s else None
+        if not best:
+            continue
+        n = sum(v is not None for v in best["steps_to_target_ratio"]["seeds"])
+        if s["corpus"] in top and top[s["corpus"]]["_n"] >= n:
+            continue
+        top[s["corpus"]] = {
+            "_n": n,
+            "setting": best["setting"],
+            "best_run": best["run"],
+            "steps_to_target_ratio": best["steps_to_target_ratio"],
+            "wallclock_to_target_ratio": best["wallclock_to_target_ratio"],
+            "steps_to_stay_at_target_ratio": best["steps_to_stay_at_target_ratio"],
+            "final_test_loss": best["final_test_loss"],
+            "baseline_final_validation_loss": best["baseline_final_test_loss"],
+            "default_setting": {
+                k: s["default_setting"][k] for k in ("steps_to_target_ratio", "wallclock_to_target_ratio")
+            }
+            if "default_setting" in s
+            else None,  # fmt: skip
+            "device": s.get("device"),
+            "source": str(path.relative_to(RESULTS)),
+        }
+    for v in top.values():
+        v.pop("_n")
+    (RESULTS / "summary.json").write_text(json.dumps(top, indent=2) + "\n")
+    return top
 
 
 def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
@@ -326,9 +404,12 @@ def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
     for name, style in [
         ("baseline_s0", "-"),
         ("salt_default_s0", "-"),
+        ("salt_w0.75_r0.4", "-"),
         ("rkd_whole_run", "--"),
         ("salt_teacher_3m", ":"),
     ]:
+        if name not in results:
+            continue
         curve = results[name]["curve_step_test_dev"]
         ax.plot([c[0] for c in curve], [c[1] for c in curve], style, marker="o", markersize=3, label=name)
     ax.axhline(results["baseline_s0"]["final_test_loss"], color="grey", lw=0.8, ls=":")
@@ -349,13 +430,17 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", default=None, help="comma-separated run names (a part of the suite)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where runs/ and summary.json go, per corpus")
+    parser.add_argument(
+        "--baselines-from", type=Path, default=None, help="results folder whose baseline runs fill in missing seeds"
+    )
     parser.add_argument("--save-models", action="store_true", help="save each student (for downstream_eval.py)")
+    parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
     args = parser.parse_args()
     res_dir = args.results.resolve()
     t0 = time.time()
     teachers, students = suite(args.steps)
-    if args.only:
-        keep = set(args.only.split(","))
+    if args.only or args.summarise_only:
+        keep = set(args.only.split(",")) if args.only and not args.summarise_only else set()
         teachers, students = [r for r in teachers if r.name in keep], [r for r in students if r.name in keep]
 
     def run_args(n):
@@ -375,20 +460,26 @@ def main():
             strict=True,
         ):
             results[spec.name] = res
-    if args.only:  # summarise with the runs stored by earlier invocations (same corpus and steps)
+    if args.only or args.summarise_only:  # summarise with the runs stored earlier (same corpus and steps)
         stored = {p.stem: json.loads(p.read_text()) for p in (res_dir / args.corpus / "runs").glob("*.json")}
         results = {**{k: v for k, v in stored.items() if v["spec"]["steps"] in (args.steps,) or
                       v["spec"]["group"] in ("teacher", "budget")}, **results}  # fmt: skip
-        if not all(f"{n}_s{s}" in results for n in ("baseline", "salt_default") for s in (0, 1, 2)):
-            return
-    summary = summarise(args.corpus, results, args.steps)
-    summary["suite_wall_s"] = time.time() - t0
-    summary["device"] = args.device
-    summary["workers"] = args.workers
+    baselines = None
+    if args.baselines_from:  # a part of the suite rerun elsewhere: the baselines it lacks come from a full suite
+        src = args.baselines_from.resolve() / args.corpus / "runs"
+        baselines = {p.stem: json.loads(p.read_text()) for p in src.glob("baseline_s*.json")}
+    summary = summarise(args.corpus, results, args.steps, baselines)
     out = res_dir / args.corpus
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    if args.summarise_only:  # keep the figures of the invocation that trained
+        summary.update({k: previous[k] for k in ("suite_wall_s", "device", "workers") if k in previous})
+    else:
+        summary.update(suite_wall_s=time.time() - t0, device=args.device, workers=args.workers)
+    summary["runs_train_wall_s"] = sum(r.get("train_wall_s", 0.0) for r in results.values())
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(args.corpus, results, out / "curves.png")
-    print(json.dumps({k: summary[k] for k in ("default_setting", "best_setting_by_dev", "suite_wall_s")}, indent=1))
+    top = write_top_summary()
+    print(json.dumps({"best_setting_by_dev": summary.get("best_setting_by_dev"), "summary.json": top}, indent=1))
 
 
 if __name__ == "__main__":
