@@ -400,6 +400,8 @@ def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "baseline_s0" not in results:  # a part of the suite without its baseline: nothing to draw against
+        return
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, style in [
         ("baseline_s0", "-"),
@@ -468,6 +470,18 @@ def main():
     if args.baselines_from:  # a part of the suite rerun elsewhere: the baselines it lacks come from a full suite
         src = args.baselines_from.resolve() / args.corpus / "runs"
         baselines = {p.stem: json.loads(p.read_text()) for p in src.glob("baseline_s*.json")}
+        # seeds of the full suite's best setting rerun here: its seed-0 run (and the choice) come from the full suite
+        full = src.parent / "summary.json"
+        best = json.loads(full.read_text()).get("best_setting_by_dev", {}).get("run") if full.is_file() else None
+        if (
+            best
+            and best not in results
+            and (src / f"{best}.json").is_file()
+            and not any(
+                r["spec"]["group"] in ("default", "schedule", "grid", "teacher_size") for r in results.values()
+            )
+        ):
+            results[best] = json.loads((src / f"{best}.json").read_text())
     summary = summarise(args.corpus, results, args.steps, baselines)
     out = res_dir / args.corpus
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
