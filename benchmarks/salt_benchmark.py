@@ -395,13 +395,13 @@ def write_top_summary() -> dict:
 
 
 def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
+    if "baseline_s0" not in results:  # a part of the suite without its baseline: nothing to draw against
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if "baseline_s0" not in results:  # a part of the suite without its baseline: nothing to draw against
-        return
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, style in [
         ("baseline_s0", "-"),
