@@ -84,6 +84,9 @@ def suite(steps: int) -> tuple[list[RunSpec], list[RunSpec]]:
             extra = {"kd_data_selection": True, "kd_select_fraction": frac}
             s.append(RunSpec(f"salt_ds_f{frac}_s{seed}", steps=steps, seed=seed, group="salt_ds", extra=extra,
                              **DEFAULT))  # fmt: skip
+    # SALT_DS with the best setting's recipe, to compare against that setting's own runs
+    extra = {"kd_data_selection": True, "kd_select_fraction": 0.75}
+    s.append(RunSpec("salt_ds_best_f0.75_s0", steps=steps, group="salt_ds", extra=extra, **BEST))
     return teachers, s
 
 
@@ -270,7 +273,8 @@ def first_step_staying_at_or_below(curve, target: float, col: int = 1):
 
 
 def time_to_step(result: dict, step: int | None) -> float | None:
-    return None if step is None else sum(result["step_times_s"][:step])
+    """Training time up to `step`, plus SALT_DS's scoring before training (the selection's cost)."""
+    return None if step is None else result.get("scoring_s", 0.0) + sum(result["step_times_s"][:step])
 
 
 def ratio_stats(values):
@@ -405,19 +409,19 @@ def write_top_summary() -> dict:
     return top
 
 
-def side_by_side_pairs(teachers: list[RunSpec], students: list[RunSpec]) -> list[tuple[RunSpec, RunSpec]]:
-    """The --side-by-side runs as (baseline, SALT run) pairs of the same seed, or a clear error before training."""
+def side_by_side_groups(teachers: list[RunSpec], students: list[RunSpec]) -> list[list[RunSpec]]:
+    """The --side-by-side runs as groups of one seed: its baseline first, then the runs timed against it (a SALT run,
+    and optionally more of that seed, e.g. a SALT_DS run), or a clear error before training."""
     if teachers:
         raise SystemExit("--side-by-side times students against baselines: train the teachers in a separate run first")
     base = {s.seed: s for s in students if s.group == "baseline"}
-    salt = [s for s in students if s.group != "baseline"]
-    seeds = [s.seed for s in salt]
-    if not salt or len(seeds) != len(set(seeds)) or sorted(seeds) != sorted(base):
+    others = [s for s in students if s.group != "baseline"]
+    if not others or sorted(base) != sorted({s.seed for s in others}):
         raise SystemExit(
-            "--side-by-side needs --only to name, per seed, one baseline_s<seed> and one SALT run of that seed, "
-            f"e.g. --only baseline_s1,salt_w0.75_r0.4_s1; got {[s.name for s in students]}"
+            "--side-by-side needs --only to name, per seed, one baseline_s<seed> and at least one other run of that "
+            f"seed, e.g. --only baseline_s1,salt_w0.75_r0.4_s1; got {[s.name for s in students]}"
         )
-    return [(base[s.seed], s) for s in salt]
+    return [[base[seed]] + [s for s in others if s.seed == seed] for seed in sorted(base)]
 
 
 def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
@@ -435,6 +439,7 @@ def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
         ("salt_w0.75_r0.4", "-"),
         ("rkd_whole_run", "--"),
         ("salt_teacher_3m", ":"),
+        ("salt_ds_best_f0.75_s0", "-."),
     ]:
         if name not in results:
             continue
@@ -466,8 +471,8 @@ def main():
     parser.add_argument(
         "--side-by-side",
         action="store_true",
-        help="time each seed's SALT run against its baseline run at the same time (two processes, the cores split "
-        "between them) so that machine drift hits both alike; the --only runs must be baseline/SALT pairs by seed",
+        help="time each seed's runs against its baseline run at the same time (one process each, the cores split "
+        "between them) so that machine drift hits all alike; --only names, per seed, its baseline and the other runs",
     )
     args = parser.parse_args()
     res_dir = args.results.resolve()
@@ -482,13 +487,13 @@ def main():
 
     results = {}
     if args.side_by_side:
-        pairs = side_by_side_pairs(teachers, students)
-        threads = max(1, (os.cpu_count() or 2) // 2) if args.device == "cpu" else None
-        args.workers = 2
-        for pair in pairs:  # one pair at a time: its two runs start together and share the machine
-            print("side by side:", ", ".join(s.name for s in pair), flush=True)
-            with ProcessPoolExecutor(2, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
-                for spec, res in zip(pair, pool.map(train_one, pair, *run_args(2, threads)), strict=True):
+        groups = side_by_side_groups(teachers, students)
+        args.workers = max(len(g) for g in groups)
+        for group in groups:  # one seed at a time: its runs start together and share the machine
+            threads = max(1, (os.cpu_count() or 2) // len(group)) if args.device == "cpu" else None
+            print("side by side:", ", ".join(s.name for s in group), flush=True)
+            with ProcessPoolExecutor(len(group), mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+                for spec, res in zip(group, pool.map(train_one, group, *run_args(len(group), threads)), strict=True):
                     results[spec.name] = res
         teachers, students = [], []
     with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
