@@ -78,6 +78,12 @@ def suite(steps: int) -> tuple[list[RunSpec], list[RunSpec]]:
         s.append(RunSpec(f"salt_budget_{frac}", steps=int(steps * frac), group="budget", **DEFAULT))
     for frac in (0.5, 0.6, 0.7):
         s.append(RunSpec(f"salt_best_budget_{frac}", steps=int(steps * frac), group="budget", **BEST))
+    # the best setting with w falling linearly over its KD stage: does the rebound at n_KD go away? (RESULTS.md sec. 3)
+    s.append(
+        RunSpec(
+            "salt_best_linear_decay", steps=steps, group="best_schedule", **{**BEST, "kd_schedule": "linear_decay"}
+        )
+    )
     # SALT_DS: the default recipe with the KD stage drawn from the teacher's top-scored sequences
     for frac, seeds in ((0.5, (0, 1, 2)), (0.25, (0,)), (0.75, (0,))):
         for seed in seeds:
@@ -440,6 +446,7 @@ def plot(corpus: str, results: dict[str, dict], path: Path) -> None:
         ("rkd_whole_run", "--"),
         ("salt_teacher_3m", ":"),
         ("salt_ds_best_f0.75_s0", "-."),
+        ("salt_best_linear_decay", "-."),
     ]:
         if name not in results:
             continue
