@@ -322,6 +322,7 @@ def summarise(corpus: str, results: dict[str, dict], steps: int, baselines: dict
         t_reach = time_to_step(r, reach)
         # the loss can rise again when KD switches off: also report from when it stays at or below the target
         stay = first_step_staying_at_or_below(r["curve_step_test_dev"], target)
+        t_stay = time_to_step(r, stay)
         rows[name] = {
             "group": r["spec"]["group"],
             "seed": r["spec"]["seed"],
@@ -336,6 +337,9 @@ def summarise(corpus: str, results: dict[str, dict], steps: int, baselines: dict
             "steps_to_stay_at_target_ratio": stay / b["spec"]["steps"] if stay is not None else None,
             "wallclock_to_target_ratio": (
                 t_reach / sum(same_device[0]["step_times_s"]) if t_reach is not None and same_device else None
+            ),
+            "wallclock_to_stay_at_target_ratio": (
+                t_stay / sum(same_device[0]["step_times_s"]) if t_stay is not None and same_device else None
             ),
             "wallclock_baseline": f"baseline_s{same_device[0]['spec']['seed']}" if same_device else None,
             "median_kd_step_s": r["median_kd_step_s"],
@@ -355,6 +359,9 @@ def summarise(corpus: str, results: dict[str, dict], steps: int, baselines: dict
             "steps_to_target_ratio": ratio_stats([rows[n]["steps_to_target_ratio"] for n in names]),
             "wallclock_to_target_ratio": ratio_stats([rows[n]["wallclock_to_target_ratio"] for n in names]),
             "steps_to_stay_at_target_ratio": ratio_stats([rows[n]["steps_to_stay_at_target_ratio"] for n in names]),
+            "wallclock_to_stay_at_target_ratio": ratio_stats(
+                [rows[n]["wallclock_to_stay_at_target_ratio"] for n in names]
+            ),
             "final_test_loss": ratio_stats([rows[n]["final_test_loss"] for n in names]),
             "baseline_final_test_loss": ratio_stats([rows[n]["baseline_final_test_loss"] for n in names]),
         }
@@ -399,6 +406,7 @@ def write_top_summary() -> dict:
             "steps_to_target_ratio": best["steps_to_target_ratio"],
             "wallclock_to_target_ratio": best["wallclock_to_target_ratio"],
             "steps_to_stay_at_target_ratio": best["steps_to_stay_at_target_ratio"],
+            "wallclock_to_stay_at_target_ratio": best.get("wallclock_to_stay_at_target_ratio"),
             "final_test_loss": best["final_test_loss"],
             "baseline_final_validation_loss": best["baseline_final_test_loss"],
             "default_setting": {
