@@ -283,6 +283,22 @@ def time_to_step(result: dict, step: int | None) -> float | None:
     return None if step is None else result.get("scoring_s", 0.0) + sum(result["step_times_s"][:step])
 
 
+def kd_switch(result: dict) -> dict | None:
+    """The rebound check: logged gradient norm and test loss at the end of the KD stage and one evaluation later."""
+    k, steps = result["kd_steps"], result["spec"]["steps"]
+    grad = {h["step"]: float(h["grad_norm"]) for h in result["train_log"] if "grad_norm" in h}
+    test = {row[0]: row[1] for row in result["curve_step_test_dev"]}
+    after = min((step for step in test if step > k), default=None)
+    if not 0 < k < steps or k not in grad or k not in test or after not in grad:
+        return None
+    return {
+        "step": k,
+        "next": after,
+        "grad_norm_ratio": grad[after] / grad[k],
+        "test_loss_change": test[after] - test[k],
+    }
+
+
 def ratio_stats(values):
     vals = [v for v in values if v is not None]
     return {
@@ -323,6 +339,7 @@ def summarise(corpus: str, results: dict[str, dict], steps: int, baselines: dict
         # the loss can rise again when KD switches off: also report from when it stays at or below the target
         stay = first_step_staying_at_or_below(r["curve_step_test_dev"], target)
         t_stay = time_to_step(r, stay)
+        base_time = sum(same_device[0]["step_times_s"]) if same_device else None
         rows[name] = {
             "group": r["spec"]["group"],
             "seed": r["spec"]["seed"],
@@ -335,16 +352,13 @@ def summarise(corpus: str, results: dict[str, dict], steps: int, baselines: dict
             "kd_steps": r["kd_steps"],
             "steps_to_target_ratio": reach / b["spec"]["steps"] if reach is not None else None,
             "steps_to_stay_at_target_ratio": stay / b["spec"]["steps"] if stay is not None else None,
-            "wallclock_to_target_ratio": (
-                t_reach / sum(same_device[0]["step_times_s"]) if t_reach is not None and same_device else None
-            ),
-            "wallclock_to_stay_at_target_ratio": (
-                t_stay / sum(same_device[0]["step_times_s"]) if t_stay is not None and same_device else None
-            ),
+            "wallclock_to_target_ratio": t_reach / base_time if t_reach is not None and base_time else None,
+            "wallclock_to_stay_at_target_ratio": t_stay / base_time if t_stay is not None and base_time else None,
             "wallclock_baseline": f"baseline_s{same_device[0]['spec']['seed']}" if same_device else None,
             "median_kd_step_s": r["median_kd_step_s"],
             "median_plain_step_s": r["median_plain_step_s"],
             "budget_reaches_target": r["final_test_loss"] <= target,
+            "kd_switch": kd_switch(r),
         }
     summary = {
         "corpus": corpus,
