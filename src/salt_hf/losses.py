@@ -2,7 +2,7 @@
 
 Every loss here returns the SUM over supervised tokens (labels != ignore_index). The caller divides by the global
 number of supervised tokens (`num_items_in_batch` in the Trainer), so the result does not depend on how a batch is
-split into micro-batches or processes (../shared/RESEARCH.md, failure 3).
+split into micro-batches or processes.
 
 Memory: full-vocabulary logits are the largest tensors of a language-model step. The losses walk over the tokens
 in chunks and compute, for each chunk, both the value and the gradient with respect to the student's logits in one
@@ -20,16 +20,22 @@ The generalized JSD is Eq. 1 of GKD (Agarwal et al., 2023, https://arxiv.org/abs
 beta = 1 it vanishes identically; its gradient divided by beta (resp. 1 - beta) tends to that of the forward (resp.
 reverse) KL, so, as in the GKD reference code, beta = 0 is the forward and beta = 1 the reverse KL. Each
 divergence is multiplied by tau^2 so that its gradient scale does not change with the temperature (Hinton et al.).
+
+`reference_salt_loss` is the same loss written plainly in float64 with autograd: the tests and benchmarks check the
+fused loss against it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 
 # Elements of one [chunk, vocab] fp32 temporary: 2**22 floats = 16 MiB. The loss holds a handful of such
 # temporaries at a time, so its extra memory stays well under 128 MiB whatever the batch, length or vocabulary.
@@ -45,6 +51,21 @@ class SALTLossOutput(NamedTuple):
     num_tokens: torch.Tensor
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """Everything the fused loss needs besides its tensors; `vocab_size` and `chunk_size` already resolved."""
+
+    nll_weight: float = 1.0
+    kd_weight: float = 0.0
+    divergence: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    vocab_size: int = 0
+    ignore_index: int = -100
+    chunk_size: int = 1
+    compile: bool = False
+
+
 def _resolve_chunk_size(chunk_size: int | None, vocab: int) -> int:
     if chunk_size is None:
         return max(1, _AUTO_CHUNK_ELEMENTS // vocab)
@@ -56,6 +77,9 @@ def _resolve_chunk_size(chunk_size: int | None, vocab: int) -> int:
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_v a[n, v] * b[n, v] as a batched matrix-vector product: one pass, no [n, V] temporary."""
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+# ---- divergences on one chunk ---------------------------------------------------------------------------------------
 
 
 def _divergence_and_grad(
@@ -88,21 +112,18 @@ def _divergence_and_grad(
         grad = d.sub_(per_token.unsqueeze(-1)).mul_(q)
         return per_token, grad
 
-    if divergence == "jsd":
-        # log m = log(beta p + (1 - beta) q), computed stably in log space
-        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
-        p = log_p.exp()
-        kl_p = _rowdot(p, log_p.sub_(log_m))
-        g = log_q.sub_(log_m)  # log q - log m
-        kl_q = _rowdot(q, g)
-        per_token = beta * kl_p + (1.0 - beta) * kl_q
-        if not need_grad:
-            return per_token, None
-        # g = (1 - beta) (log q - log m); <q, log q - log m> = kl_q
-        grad = g.sub_(kl_q.unsqueeze(-1)).mul_(q).mul_(1.0 - beta)
-        return per_token, grad
-
-    raise ValueError(f"divergence={divergence!r} is not one of {DIVERGENCES}.")
+    # jsd: log m = log(beta p + (1 - beta) q), computed stably in log space
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    p = log_p.exp()
+    kl_p = _rowdot(p, log_p.sub_(log_m))
+    g = log_q.sub_(log_m)  # log q - log m
+    kl_q = _rowdot(q, g)
+    per_token = beta * kl_p + (1.0 - beta) * kl_q
+    if not need_grad:
+        return per_token, None
+    # g = (1 - beta) (log q - log m); <q, log q - log m> = kl_q
+    grad = g.sub_(kl_q.unsqueeze(-1)).mul_(q).mul_(1.0 - beta)
+    return per_token, grad
 
 
 def _teacher_log_probs(teacher_chunk: torch.Tensor, vocab_size: int, tau: float, clamp: bool = True) -> torch.Tensor:
@@ -122,11 +143,86 @@ def _forward_kl_fast(teacher_chunk, log_q1, vocab_size):
             return kd_tok, p
 
 
-def _nll_forward_kl_chunk(s, t, labels, ignore_index: int, nll_weight: torch.Tensor, kd_weight: torch.Tensor):
+# ---- one function per path: (student chunk, teacher chunk, labels, fp32 gradient out or None) -> (nll, kd) -------
+
+
+def _student_nll(s: torch.Tensor, labels: torch.Tensor, o: LossOptions):
+    """fp32 student log-probs at temperature 1, the chunk's NLL sum, the label mask and the safe labels."""
+    mask = labels != o.ignore_index
+    safe = torch.where(mask, labels, 0).unsqueeze(-1)
+    log_q1 = torch.log_softmax(s, dim=-1)
+    nll = torch.where(mask, -log_q1.gather(-1, safe).squeeze(-1), 0.0).sum()
+    return log_q1, nll, mask, safe
+
+
+def _finish_grad(grad: torch.Tensor, mask: torch.Tensor, safe: torch.Tensor, nll_weight: float) -> None:
+    """Adds the NLL's -onehot(label) term and zeroes the rows of unsupervised tokens."""
+    if nll_weight != 0.0:
+        grad.scatter_add_(-1, safe, torch.full(safe.shape, -nll_weight, device=grad.device))
+    # unsupervised rows get no gradient (zeroed row by row: usually a few rows, not a pass over the chunk)
+    unsupervised = (~mask).nonzero().squeeze(-1)
+    if unsupervised.numel():
+        grad.index_fill_(0, unsupervised, 0.0)
+
+
+def _nll_chunk(student, teacher, labels, grad, o: LossOptions):
+    """No KD term: d NLL / dz = softmax(z) - onehot(label)."""
+    log_q1, nll, mask, safe = _student_nll(student.float(), labels, o)
+    if grad is not None:
+        torch.exp(log_q1, out=grad)
+        if o.nll_weight != 1.0:
+            grad.mul_(o.nll_weight)
+        _finish_grad(grad, mask, safe, o.nll_weight)
+    return nll, torch.zeros((), dtype=torch.float32, device=student.device)
+
+
+def _fast_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
     """
-    SALT's default term on one chunk, written for `torch.compile` (which fuses it into a few passes over the chunk):
-    (NLL sum, forward-KL sum, gradient of nll_weight * NLL + kd_weight * KL w.r.t. the student logits). The weights
-    are tensors so that a changing KD weight does not trigger a recompilation.
+    SALT's default (forward KL, tau 1, one vocabulary): the student's log-probs serve both terms and the gradient
+    (1 - w)(q - onehot) + w(q - p) = q - w p - (1 - w) onehot is written straight into the buffer.
+    """
+    log_q1, nll, mask, safe = _student_nll(student.float(), labels, o)
+    kd_tok, p = _forward_kl_fast(teacher, log_q1, o.vocab_size)
+    kd = torch.where(mask, kd_tok, 0.0).sum()
+    if grad is not None:
+        torch.exp(log_q1, out=grad)
+        if o.nll_weight + o.kd_weight != 1.0:
+            grad.mul_(o.nll_weight + o.kd_weight)
+        grad.sub_(p, alpha=o.kd_weight)
+        _finish_grad(grad, mask, safe, o.nll_weight)
+    return nll, kd
+
+
+def _divergence_chunk(student, teacher, labels, grad, o: LossOptions):
+    """Any divergence, temperature and shared vocabulary: the NLL at tau 1 plus tau^2 x D at tau."""
+    s = student.float()
+    log_q1, nll, mask, safe = _student_nll(s, labels, o)
+    tau, vocab = o.temperature, o.vocab_size
+    if grad is not None:
+        torch.exp(log_q1, out=grad)
+        if o.nll_weight != 1.0:
+            grad.mul_(o.nll_weight)
+    if tau == 1.0 and vocab == s.shape[-1]:
+        log_q = log_q1  # consumed below; the NLL is done with it
+    else:
+        sk = s[:, :vocab]
+        log_q = torch.log_softmax(sk / tau if tau != 1.0 else sk, dim=-1)
+    log_p = _teacher_log_probs(teacher, vocab, tau)
+    kd_tok, kd_grad = _divergence_and_grad(log_q, log_p, o.divergence, o.beta, grad is not None)
+    del log_q, log_p
+    kd = torch.where(mask, kd_tok, 0.0).sum() * (tau * tau)
+    if grad is not None:
+        # tau^2 (scale of the loss) x 1/tau (chain rule through z / tau)
+        grad[:, :vocab].add_(kd_grad, alpha=o.kd_weight * tau)
+        _finish_grad(grad, mask, safe, o.nll_weight)
+    return nll, kd
+
+
+def _nll_forward_kl_terms(s, t, labels, ignore_index: int, nll_weight: torch.Tensor, kd_weight: torch.Tensor):
+    """
+    The fast path's chunk written for `torch.compile` (which fuses it into a few passes over the chunk): (NLL sum,
+    forward-KL sum, fp32 gradient w.r.t. the student logits). The weights are tensors so that a changing KD weight
+    does not trigger a recompilation.
     """
     mask = labels != ignore_index
     safe = torch.where(mask, labels, 0).unsqueeze(-1)
@@ -138,119 +234,57 @@ def _nll_forward_kl_chunk(s, t, labels, ignore_index: int, nll_weight: torch.Ten
     grad = (nll_weight + kd_weight) * log_q.exp() - kd_weight * p
     grad = grad.scatter_add(-1, safe, (-nll_weight).expand(safe.shape).to(grad.dtype))
     grad = grad * mask.unsqueeze(-1)
-    return torch.where(mask, nll, 0.0).sum(), torch.where(mask, kd, 0.0).sum(), grad.to(s.dtype)
+    return torch.where(mask, nll, 0.0).sum(), torch.where(mask, kd, 0.0).sum(), grad
 
 
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[str, Callable] = {}
 
 
-def _compiled_chunk():
+def _compiled_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
     if "chunk" not in _COMPILED:
-        _COMPILED["chunk"] = torch.compile(_nll_forward_kl_chunk, dynamic=True)
-    return _COMPILED["chunk"]
+        _COMPILED["chunk"] = torch.compile(_nll_forward_kl_terms, dynamic=True)
+    weights = torch.tensor([o.nll_weight, o.kd_weight], dtype=torch.float32, device=student.device)
+    nll, kd, chunk_grad = _COMPILED["chunk"](student, teacher, labels, o.ignore_index, *weights)
+    grad.copy_(chunk_grad)
+    return nll, kd
 
 
-def _fused_forward(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    nll_weight: float,
-    kd_weight: float,
-    divergence: str,
-    temperature: float,
-    beta: float,
-    vocab_size: int,
-    ignore_index: int,
-    chunk_size: int,
-    need_grad: bool,
-    compile: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+ChunkPath = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _choose_path(o: LossOptions, has_teacher: bool, student_vocab: int, need_grad: bool) -> ChunkPath:
+    if not has_teacher or o.kd_weight == 0.0:
+        return _nll_chunk
+    forward_kl = o.divergence == "forward_kl" or (o.divergence, o.beta) == ("jsd", 0)
+    if o.temperature == 1.0 and o.vocab_size == student_vocab and forward_kl:
+        return _compiled_forward_kl_chunk if (o.compile and need_grad) else _fast_forward_kl_chunk
+    return _divergence_chunk
+
+
+# ---- the chunk driver and its autograd Function --------------------------------------------------------------------
+
+
+def _chunked_loss(student, teacher, labels, o: LossOptions, need_grad: bool):
     """Walks over [N, V] logits in chunks of tokens; returns (nll_sum, kd_sum, num_tokens, grad or None)."""
-    n_tokens, v_s = student.shape
-    device = student.device
-    nll_sum = torch.zeros((), dtype=torch.float32, device=device)
-    kd_sum = torch.zeros((), dtype=torch.float32, device=device)
+    n_tokens, vocab = student.shape
+    path = _choose_path(o, teacher is not None, vocab, need_grad)
+    nll_sum = torch.zeros((), dtype=torch.float32, device=student.device)
+    kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
     grad_buf = torch.empty_like(student) if need_grad else None
-    with_kd = teacher is not None and kd_weight != 0.0
-    tau = temperature
-    # SALT's default (forward KL, tau 1, one vocabulary): the student's log-probs serve both terms and the gradient
-    # (1 - w)(q - onehot) + w(q - p) = q - w p - (1 - w) onehot is written straight into the buffer.
-    fast_kd = (
-        with_kd
-        and tau == 1.0
-        and vocab_size == v_s
-        and (divergence == "forward_kl" or (divergence, beta) == ("jsd", 0))
-    )
-
-    compiled = _compiled_chunk() if (compile and fast_kd and need_grad) else None
-    if compiled is not None:
-        weights = torch.tensor([nll_weight, kd_weight], dtype=torch.float32, device=device)
-
-    for start in range(0, n_tokens, chunk_size):
-        end = min(start + chunk_size, n_tokens)
-        lab = labels[start:end]
-        if compiled is not None:
-            nll_c, kd_c, grad_c = compiled(student[start:end], teacher[start:end], lab, ignore_index, *weights)
-            nll_sum += nll_c
-            kd_sum += kd_c
-            grad_buf[start:end].copy_(grad_c)
-            continue
-        mask = lab != ignore_index
-        safe_lab = torch.where(mask, lab, 0).unsqueeze(-1)
-        s = student[start:end].float()
-        # 1) student log-probs at temperature 1 and the NLL, in fp32 whatever the input dtype
-        log_q1 = torch.log_softmax(s, dim=-1)
-        nll_sum += torch.where(mask, -log_q1.gather(-1, safe_lab).squeeze(-1), 0.0).sum()
-
+    for start in range(0, n_tokens, o.chunk_size):
+        end = min(start + o.chunk_size, n_tokens)
         grad = None
         if need_grad:
             # written in place into the buffer when it is fp32; through an fp32 temporary otherwise
-            grad = grad_buf[start:end] if grad_buf.dtype == torch.float32 else torch.empty_like(log_q1)
-
-        # 2) the KD term on the real vocabulary, at temperature tau
-        if fast_kd:
-            kd_tok, p = _forward_kl_fast(teacher[start:end], log_q1, vocab_size)
-            kd_sum += torch.where(mask, kd_tok, 0.0).sum()
-            if need_grad:
-                torch.exp(log_q1, out=grad)
-                if nll_weight + kd_weight != 1.0:
-                    grad.mul_(nll_weight + kd_weight)
-                grad.sub_(p, alpha=kd_weight)
-            del p
-        else:
-            if need_grad:
-                # d NLL / dz = softmax(z) - onehot(label)
-                torch.exp(log_q1, out=grad)
-                if nll_weight != 1.0:
-                    grad.mul_(nll_weight)
-            if with_kd:
-                if tau == 1.0 and vocab_size == v_s:
-                    log_q = log_q1  # consumed below; the NLL is done with it
-                else:
-                    sk = s[:, :vocab_size]
-                    log_q = torch.log_softmax(sk / tau if tau != 1.0 else sk, dim=-1)
-                log_p = _teacher_log_probs(teacher[start:end], vocab_size, tau)
-                kd_tok, kd_grad = _divergence_and_grad(log_q, log_p, divergence, beta, need_grad)
-                del log_q, log_p
-                kd_sum += torch.where(mask, kd_tok, 0.0).sum() * (tau * tau)
-                if need_grad:
-                    # tau^2 (scale of the loss) x 1/tau (chain rule through z / tau)
-                    grad[:, :vocab_size].add_(kd_grad, alpha=kd_weight * tau)
-                    del kd_grad
-        del log_q1, s
-
-        if need_grad:
-            if nll_weight != 0.0:
-                grad.scatter_add_(-1, safe_lab, torch.full(safe_lab.shape, -nll_weight, device=device))
-            # unsupervised rows get no gradient (zeroed row by row: usually a few rows, not a pass over the chunk)
-            unsupervised = (~mask).nonzero().squeeze(-1)
-            if unsupervised.numel():
-                grad.index_fill_(0, unsupervised, 0.0)
-            if grad.data_ptr() != grad_buf[start:end].data_ptr():
-                grad_buf[start:end].copy_(grad)
-            del grad
-
-    num_tokens = (labels != ignore_index).sum()
+            in_place = grad_buf.dtype == torch.float32
+            grad = grad_buf[start:end] if in_place else student.new_empty(end - start, vocab, dtype=torch.float32)
+        chunk_teacher = None if teacher is None else teacher[start:end]
+        nll, kd = path(student[start:end], chunk_teacher, labels[start:end], grad, o)
+        nll_sum += nll
+        kd_sum += kd
+        if need_grad and not in_place:
+            grad_buf[start:end].copy_(grad)
+    num_tokens = (labels != o.ignore_index).sum()
     return nll_sum, kd_sum, num_tokens, grad_buf
 
 
@@ -258,14 +292,12 @@ class _FusedNLLKDLoss(torch.autograd.Function):
     """Value and gradient in one chunked pass; backward only scales the stored gradient."""
 
     @staticmethod
-    def forward(ctx, student, teacher, labels, nll_weight, kd_weight, divergence, temperature, beta, vocab_size,
-                ignore_index, chunk_size, compile):  # fmt: skip
+    def forward(ctx, student, teacher, labels, options: LossOptions):
         need_grad = ctx.needs_input_grad[0]
-        nll_sum, kd_sum, num_tokens, grad_buf = _fused_forward(
-            student, teacher, labels, nll_weight, kd_weight, divergence, temperature, beta, vocab_size,
-            ignore_index, chunk_size, need_grad, compile,
-        )  # fmt: skip
-        loss = nll_sum * nll_weight + kd_sum * kd_weight if kd_weight != 0.0 else nll_sum * nll_weight
+        nll_sum, kd_sum, num_tokens, grad_buf = _chunked_loss(student, teacher, labels, options, need_grad)
+        loss = nll_sum * options.nll_weight
+        if options.kd_weight != 0.0:
+            loss = loss + kd_sum * options.kd_weight
         ctx.mark_non_differentiable(nll_sum, kd_sum, num_tokens)
         if need_grad:
             ctx.save_for_backward(grad_buf)
@@ -280,7 +312,11 @@ class _FusedNLLKDLoss(torch.autograd.Function):
         (grad_buf,) = ctx.saved_tensors
         # In place: this buffer is the gradient to the logits and nothing else holds it.
         grad = grad_buf.mul_(grad_loss.to(grad_buf.dtype))
-        return (grad,) + (None,) * 11
+        # one gradient per input of forward: the logits, then teacher, labels and options
+        return grad, None, None, None
+
+
+# ---- public functions -----------------------------------------------------------------------------------------------
 
 
 def _check_inputs(student_logits, teacher_logits, labels, vocab_size, divergence, temperature, beta):
@@ -370,11 +406,18 @@ def salt_loss(
     v_s = student_logits.shape[-1]
     student = student_logits.reshape(-1, v_s)
     teacher = None if teacher_logits is None else teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
-    chunk = _resolve_chunk_size(chunk_size, v_s)
-    loss, nll, kd, num_tokens = _FusedNLLKDLoss.apply(
-        student, teacher, labels.reshape(-1), float(nll_weight), float(kd_weight), divergence, float(temperature),
-        float(beta), kd_vocab, ignore_index, chunk, compile,
-    )  # fmt: skip
+    options = LossOptions(
+        nll_weight=float(nll_weight),
+        kd_weight=float(kd_weight),
+        divergence=divergence,
+        temperature=float(temperature),
+        beta=float(beta),
+        vocab_size=kd_vocab,
+        ignore_index=ignore_index,
+        chunk_size=_resolve_chunk_size(chunk_size, v_s),
+        compile=compile,
+    )
+    loss, nll, kd, num_tokens = _FusedNLLKDLoss.apply(student, teacher, labels.reshape(-1), options)
     return SALTLossOutput(loss, nll, kd, num_tokens)
 
 
@@ -442,3 +485,54 @@ def nll_loss(
         ignore_index (`int`, *optional*, defaults to `-100`), chunk_size (`int`, *optional*): as in `kd_loss`.
     """
     return salt_loss(logits, labels, None, ignore_index=ignore_index, chunk_size=chunk_size).loss
+
+
+def _reference_divergence(log_q, log_p, divergence: str, beta: float) -> torch.Tensor:
+    q, p = log_q.exp(), log_p.exp()
+    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0.0):
+        return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # KL(p || q)
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
+        return (q * (log_q - log_p)).sum(-1)  # KL(q || p)
+    # GKD (https://arxiv.org/abs/2306.13649) Eq. 1: beta KL(p || m) + (1 - beta) KL(q || m)
+    log_m = (beta * p + (1.0 - beta) * q).log()
+    kl_pm = torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1)
+    kl_qm = (q * (log_q - log_m)).sum(-1)
+    return beta * kl_pm + (1.0 - beta) * kl_qm
+
+
+def reference_salt_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    *,
+    nll_weight: float = 1.0,
+    kd_weight: float = 0.0,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    ignore_index: int = -100,
+) -> SALTLossOutput:
+    """
+    `salt_loss` written plainly: float64, whole tensors, autograd for the gradient. Slow and memory-hungry on purpose
+    (it holds several [N, V] float64 tensors); tests and benchmarks compare the fused loss with it.
+
+    Args: as `salt_loss`. Returns: `SALTLossOutput` of float64 sums; `loss` is differentiable w.r.t. `student_logits`.
+    """
+    student = student_logits.double().reshape(-1, student_logits.shape[-1])
+    labels = labels.reshape(-1)
+    mask = labels != ignore_index
+    log_q1 = torch.log_softmax(student, dim=-1)
+    label_log_probs = log_q1.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
+    nll = torch.where(mask, -label_log_probs, 0.0).sum()
+    kd = torch.zeros((), dtype=torch.float64, device=student.device)
+    if teacher_logits is not None:
+        vocab = vocab_size or student.shape[-1]
+        teacher = teacher_logits.detach().double().reshape(-1, teacher_logits.shape[-1])[:, :vocab]
+        tau = temperature
+        log_q = torch.log_softmax(student[:, :vocab] / tau, dim=-1)
+        log_p = torch.log_softmax(teacher / tau, dim=-1)
+        per_token = _reference_divergence(log_q, log_p, divergence, beta)
+        kd = torch.where(mask, per_token, 0.0).sum() * tau**2
+    loss = nll_weight * nll + kd_weight * kd
+    return SALTLossOutput(loss, nll.detach(), kd.detach(), mask.sum())
