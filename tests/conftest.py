@@ -82,9 +82,9 @@ def teacher(tokenizer):
 @pytest.fixture
 def teacher_loads(monkeypatch) -> list:
     """Records every call of SALTTrainer's teacher loader (the real loader still runs): one entry per load."""
-    import salt_hf.trainer as trainer_module
+    import salt_hf.teacher as teacher_module
 
     loads: list = []
-    real_load = trainer_module.load_teacher
-    monkeypatch.setattr(trainer_module, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = teacher_module.load_teacher
+    monkeypatch.setattr(teacher_module, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     return loads

@@ -227,11 +227,11 @@ def test_kd_stage_batches_come_from_the_selection_and_resume_is_exact(tmp_path, 
     teacher_dir = save_teacher(teacher, tokenizer, tmp_path / "teacher")
     ds = rows_dataset(token_stream, 24)
     full, seen = ds_run(tmp_path, tokenizer, ds, teacher_dir, "full", save_strategy="steps", save_steps=2)
-    selection = full._kd_selection
-    selected = set(selection["selected"].tolist())
+    selection = full.kd_selection
+    selected = set(selection.selected.tolist())
     assert len(selected) == 6  # 0.25 of 24
     # the selected sequences are the top-scoring ones of the teacher's scores
-    scores = selection["scores"]
+    scores = selection.scores
     assert min(scores[list(selected)]) >= max(s for i, s in enumerate(scores) if i not in selected and np.isfinite(s))
     # 6 steps x 4 sequences: the 12 samples of the 3 KD steps only from the selection, then the whole set
     assert len(seen) == 24
@@ -258,7 +258,7 @@ def test_selection_run_without_teacher_or_weight_is_a_plain_run(tmp_path, tokeni
     trainer = SALTTrainer(model=make_llama(len(tokenizer), 32, 2, seed=0), args=args, train_dataset=ds,
                           data_collator=RecordingCollator())  # fmt: skip
     trainer.train()
-    assert trainer._kd_selection is None
+    assert trainer.kd_selection is None
 
 
 def test_selection_config_errors(tmp_path):
@@ -280,18 +280,18 @@ def test_scoring_a_seeded_subset_selects_from_it(tmp_path, tokenizer, token_stre
     ds = rows_dataset(token_stream, 24)
     trainer, seen = ds_run(tmp_path, tokenizer, ds, teacher_dir, "pool", kd_select_max_sequences=10,
                            kd_select_fraction=0.5)  # fmt: skip
-    selection = trainer._kd_selection
-    scored = np.flatnonzero(~np.isnan(selection["scores"]))
-    assert scored.size <= 10 and np.isnan(selection["scores"]).sum() >= 14  # only the pool of 10 was scored
+    selection = trainer.kd_selection
+    scored = np.flatnonzero(~np.isnan(selection.scores))
+    assert scored.size <= 10 and np.isnan(selection.scores).sum() >= 14  # only the pool of 10 was scored
     (cache,) = (tmp_path / "scores").iterdir()
     assert json.loads((cache / "meta.json").read_text())["sequences"] == 10
-    selected = set(selection["selected"].tolist())
+    selected = set(selection.selected.tolist())
     assert len(selected) == 5 and selected <= set(scored.tolist())  # half of the pool, never outside it
     assert set(seen[:12]) <= selected
     # the pool is a function of the seed: a second run reads the same cache entry
     again, _ = ds_run(tmp_path, tokenizer, ds, teacher_dir, "pool2", kd_select_max_sequences=10,
                       kd_select_fraction=0.5)  # fmt: skip
-    assert again._kd_selection["selected"].tolist() == selection["selected"].tolist()
+    assert again.kd_selection.selected.tolist() == selection.selected.tolist()
     assert len(list((tmp_path / "scores").iterdir())) == 1
     with pytest.raises(ValueError, match="kd_select_max_sequences=0"):
         SALTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=4, kd_select_max_sequences=0)

@@ -118,7 +118,7 @@ def test_loss_equals_naive_reference(tmp_path, tokenizer, token_stream, student,
     ds = dataset(token_stream, 4, supervised=[24, 5, 17, 2])
     trainer = SALTTrainer(model=student, teacher_model=teacher, args=config(tmp_path, max_steps=4, kd_weight=0.3),
                           train_dataset=ds)  # fmt: skip
-    trainer._resolve_kd_steps(4)
+    trainer.resolve_kd_steps(4)
     teacher.eval()
     batch = {k: torch.tensor(ds[k]) for k in ("input_ids", "labels")}
     student.train()

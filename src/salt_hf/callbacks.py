@@ -1,18 +1,21 @@
-"""Callbacks of SALTTrainer: side effects only. Every decision is derived from `state.global_step`."""
+"""Callbacks of SALTTrainer: side effects only, through public methods. Every decision comes from `global_step`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
 if TYPE_CHECKING:
     from .trainer import SALTTrainer
 
+logger = get_logger(__name__)
+
 
 class TeacherLifecycleCallback(TrainerCallback):
     """
-    Loads the teacher when a run (or a resumed run) starts inside the KD stage, and releases it on every process as
+    Places the teacher when a run (or a resumed run) starts inside the KD stage, and releases it on every process as
     soon as `global_step` reaches n_KD. A run resumed from a checkpoint past n_KD therefore never loads it.
     """
 
@@ -20,12 +23,16 @@ class TeacherLifecycleCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._resolve_kd_steps(state.max_steps)
+        self.trainer.resolve_kd_steps(state.max_steps)
         if self.trainer.kd_active(state.global_step):
-            self.trainer._ensure_teacher()
+            self.trainer.place_teacher()
         else:
-            self.trainer.release_teacher()
+            self._release(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if not self.trainer.kd_active(state.global_step):
-            self.trainer.release_teacher()
+            self._release(state.global_step)
+
+    def _release(self, step: int) -> None:
+        if self.trainer.teacher.release():
+            logger.info(f"KD stage over at step {step}: teacher released.", main_process_only=True)

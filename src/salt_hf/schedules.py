@@ -9,6 +9,7 @@ schedule is identical on every process and survives `resume_from_checkpoint` wit
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 
 def _step(step: int, weight: float, kd_steps: int) -> float:
@@ -36,11 +37,10 @@ def _linear_ratio_decay(step: int, weight: float, kd_steps: int) -> float:
     return ratio / (1.0 + ratio)
 
 
-KD_SCHEDULES: dict[str, Callable[[int, float, int], float]] = {
-    "step": _step,
-    "linear_decay": _linear_decay,
-    "linear_ratio_decay": _linear_ratio_decay,
-}
+KDSchedule = Literal["step", "linear_decay", "linear_ratio_decay"]
+KD_SCHEDULES: dict[str, Callable[[int, float, int], float]] = dict(
+    zip(get_args(KDSchedule), (_step, _linear_decay, _linear_ratio_decay), strict=True)
+)
 
 
 def kd_weight(step: int, *, schedule: str, weight: float, kd_steps: int) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -47,7 +47,10 @@ def _doubling(step: int, warmup_steps: int, start_length: int, full_length: int)
     return start_length * 2 ** math.floor(frac * doublings)
 
 
-SEQ_WARMUP_SCHEDULES: dict[str, Callable[[int, int, int, int], int]] = {"linear": _linear, "doubling": _doubling}
+SeqWarmupSchedule = Literal["linear", "doubling"]
+SEQ_WARMUP_SCHEDULES: dict[str, Callable[[int, int, int, int], int]] = dict(
+    zip(get_args(SeqWarmupSchedule), (_linear, _doubling), strict=True)
+)
 
 
 def check_seq_warmup(full_length: int, *, schedule: str, start_length: int) -> None:
@@ -152,7 +155,8 @@ def reshape_for_length(inputs: dict[str, Any], length: int) -> dict[str, Any]:
 
 # ---- layer-wise learning rates --------------------------------------------------------------------------------------
 
-LAYERWISE_DIRECTIONS = ("top_down", "bottom_up")
+LayerwiseDirection = Literal["top_down", "bottom_up"]
+LAYERWISE_DIRECTIONS: tuple[str, ...] = get_args(LayerwiseDirection)
 
 
 def _layer_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
@@ -248,3 +252,35 @@ def layerwise_param_groups(
             new["layer_depth"], new["lr_multiplier"] = depth, mult
             new_groups.append((-mult, index, depth, new))
     return [group for *_, group in sorted(new_groups, key=lambda item: item[:3])]
+
+
+# ---- the two speed-ups applied by the run's SALTConfig (what SALTTrainer calls) -------------------------------------
+
+
+def warmup_inputs(inputs: dict[str, Any], step: int, args) -> dict[str, Any]:
+    """
+    The batch of optimizer step `step` under `args`' sequence-length warmup (`seq_warmup_*` fields of a SALTConfig):
+    rows split before the student's and the teacher's forward, so both see the same rows; the supervised tokens,
+    and with them `num_items_in_batch`, are kept.
+    """
+    if args.seq_warmup_steps <= 0:
+        return inputs
+    length = seq_length_at(
+        step,
+        schedule=args.seq_warmup_schedule,
+        warmup_steps=args.seq_warmup_steps,
+        start_length=args.seq_warmup_start_length,
+        full_length=inputs["input_ids"].shape[1],
+    )
+    return reshape_for_length(inputs, length)
+
+
+def regroup_by_layer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, args) -> None:
+    """Replaces a fresh optimizer's groups by `layerwise_param_groups` of `args.layerwise_lr_decay` (< 1)."""
+    groups = layerwise_param_groups(
+        optimizer.param_groups, model, decay=args.layerwise_lr_decay, direction=args.layerwise_lr_direction
+    )
+    # No step has run: no optimizer state refers to the old groups. add_param_group fills in the defaults.
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)

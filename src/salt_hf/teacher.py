@@ -1,4 +1,9 @@
-"""The teacher: loading, compatibility checks against the student, placement and release."""
+"""The teacher: one `Teacher` object owns its source, loading, placement, forward, fingerprint and release.
+
+The module-level functions below are its parts (loading without disturbing the student's DeepSpeed / FSDP set-up,
+compatibility checks against the student, the ZeRO-3 inference config); `Teacher` strings them together so the
+trainer keeps one attribute and the lifecycle callback calls public methods only.
+"""
 
 from __future__ import annotations
 
@@ -234,5 +239,139 @@ def free_memory() -> None:
     release_memory()
 
 
-def is_local_path(name_or_path: str) -> bool:
-    return os.path.isdir(name_or_path)
+class Teacher:
+    """
+    The small, already trained model that teaches the student during the KD stage.
+
+    Args:
+        source (`str` or `torch.nn.Module`):
+            A local folder or hub id (its weights are loaded only when `place` or `fingerprint` needs them), or the
+            model itself.
+        init_kwargs (`dict`, *optional*):
+            Keyword arguments for `from_pretrained` (e.g. `{"dtype": "bfloat16"}`).
+        placement (`str`, *optional*, defaults to `"replicate"`):
+            `"replicate"` (the whole teacher on every process) or `"zero3"` (sharded with DeepSpeed ZeRO-3 inference).
+    """
+
+    def __init__(self, source: str | torch.nn.Module, *, init_kwargs: dict | None = None, placement="replicate"):
+        self.path = source if isinstance(source, str) else None
+        self.module: torch.nn.Module | None = None if isinstance(source, str) else source
+        self.init_kwargs = init_kwargs
+        self.requested_placement = placement
+        self.placement: str | None = None  # "replicate" or "zero3" once placed
+        self.released = False
+
+    @property
+    def name(self) -> str:
+        """The path or hub id, else the model's `name_or_path`, else its class name (for logs and model cards)."""
+        if self.path is not None:
+            return self.path
+        return getattr(self.module, "name_or_path", None) or type(self.module).__name__
+
+    def config(self) -> PretrainedConfig:
+        """The teacher's config, read without loading its weights."""
+        if self.module is not None:
+            return self.module.config
+        return load_teacher_config(self.path, self.init_kwargs)
+
+    def check_student(self, student: torch.nn.Module, tokenizer=None, teacher_tokenizer=None) -> int:
+        """
+        Checks that teacher and student share one tokenizer and returns the vocabulary KD is computed over. The
+        teacher's tokenizer is read from its folder when it is given by path and `teacher_tokenizer` is None.
+        """
+        if self.path is not None and teacher_tokenizer is None:
+            teacher_tokenizer = load_teacher_tokenizer(self.path, self.init_kwargs)
+        tokenizer = tokenizer if hasattr(tokenizer, "get_vocab") else None
+        check_tokenizers_match(tokenizer, teacher_tokenizer)
+        teacher_vocab = output_vocab_size(self.module if self.module is not None else self.config())
+        n_teacher, n_student = self.num_parameters(), num_parameters(student)
+        if n_teacher > n_student:
+            logger.warning(
+                f"The teacher ({n_teacher:,} parameters) is larger than the student ({n_student:,}): this is "
+                "ordinary knowledge distillation, not SALT, whose teacher is the smaller model.",
+                main_process_only=True,
+            )
+        return resolve_kd_vocab_size(output_vocab_size(student), teacher_vocab, tokenizer)
+
+    def num_parameters(self) -> int:
+        """Parameters of the teacher; counted on the meta device (no weights read) when it is not loaded yet."""
+        if self.module is not None:
+            return num_parameters(self.module)
+        trust = bool((self.init_kwargs or {}).get("trust_remote_code", False))
+        with torch.device("meta"):
+            return num_parameters(AutoModelForCausalLM.from_config(self.config(), trust_remote_code=trust))
+
+    def load(self, zero3_config: dict[str, Any] | None = None) -> torch.nn.Module:
+        """The teacher's module, loaded from its path on first use (whole, or partitioned with `zero3_config`)."""
+        if self.module is None:
+            logger.info(f"Loading the teacher from {self.path}", main_process_only=True)
+            self.module = load_teacher(self.path, self.init_kwargs, zero3_config=zero3_config)
+        return self.module
+
+    def place(self, accelerator, args) -> torch.nn.Module | None:
+        """
+        Loads (if needed) and places the teacher, once: frozen on this process's device, or sharded with ZeRO-3.
+        Runs on every process at the same step (with ZeRO-3, loading and wrapping are collectives). `args` is the
+        run's `SALTConfig` (precision and micro-batch size of the ZeRO-3 config). Returns the placed module (None once
+        released).
+        """
+        if self.released or self.placement is not None:
+            return self.module
+        placement = self._resolve_placement()
+        zero3_config = self._zero3_config(accelerator, args) if placement == "zero3" else None
+        self.load(zero3_config)
+        if placement == "zero3":
+            self.module = shard_teacher_zero3(self.module, zero3_config)
+        else:
+            prepare_teacher(self.module, accelerator.device)
+        self.placement = placement
+        return self.module
+
+    def logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The teacher's logits for the student's inputs (attention mask, position ids), without a graph."""
+        with torch.no_grad():
+            return self.module(**inputs).logits
+
+    def fingerprint(self) -> str:
+        """A content hash: of the folder's files for a local path, else of the (loaded) weights."""
+        from .selection.cache import model_fingerprint, path_fingerprint
+
+        if self.path is not None and self.module is None:
+            fingerprint = path_fingerprint(self.path, self.init_kwargs)
+            if fingerprint is not None:
+                return fingerprint
+        return model_fingerprint(self.load())
+
+    def release(self) -> bool:
+        """Drops the teacher and frees its memory; it is never used again. True if a loaded teacher was dropped."""
+        if self.released:
+            return False
+        had_module = self.module is not None
+        if had_module and self.placement == "zero3":
+            self.module.destroy()  # the DeepSpeed engine: removes its parameter-gathering hooks
+        self.module = None
+        self.released = True
+        free_memory()
+        return had_module
+
+    def _resolve_placement(self) -> str:
+        """The requested placement; a teacher built under an active ZeRO-3 config is already partitioned."""
+        if self.requested_placement == "replicate" and self.module is not None and is_zero3_partitioned(self.module):
+            logger.warning(
+                "The teacher was created under DeepSpeed ZeRO-3 (`zero.Init`, e.g. by from_pretrained after "
+                "SALTConfig(deepspeed=<stage 3>)), so its weights are partitioned: sharding it with ZeRO-3 "
+                "inference. Pass the teacher's path, or load it before creating SALTConfig, to replicate it.",
+                main_process_only=True,
+            )
+            return "zero3"
+        return self.requested_placement
+
+    def _zero3_config(self, accelerator, args) -> dict[str, Any]:
+        plugin = accelerator.state.deepspeed_plugin
+        return zero3_inference_config(
+            self.config(),
+            micro_batch_size=args.per_device_train_batch_size,
+            trainer_ds_config=plugin.deepspeed_config if plugin is not None else None,
+            bf16=args.bf16,
+            fp16=args.fp16,
+        )

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.logging import get_logger
 from accelerate.utils import is_deepspeed_available
 from transformers import PreTrainedModel, Trainer
 
@@ -17,44 +14,9 @@ from .callbacks import TeacherLifecycleCallback
 from .config import SALTConfig
 from .losses import salt_loss
 from .schedules import kd_weight
-from .selection import (
-    KDSelectionSampler,
-    default_score_cache_dir,
-    describe_selection,
-    model_fingerprint,
-    path_fingerprint,
-    score_cache_key,
-    score_dataset,
-    select_sequences,
-    subset_for_scoring,
-)
-from .speedups import layerwise_param_groups, reshape_for_length, seq_length_at
-from .teacher import (
-    check_tokenizers_match,
-    free_memory,
-    is_zero3_partitioned,
-    load_teacher,
-    load_teacher_config,
-    load_teacher_tokenizer,
-    num_parameters,
-    output_vocab_size,
-    prepare_teacher,
-    resolve_kd_vocab_size,
-    shard_teacher_zero3,
-    zero3_inference_config,
-)
-
-logger = get_logger(__name__)
-
-
-def _warn_if_teacher_larger(teacher: torch.nn.Module, student: torch.nn.Module) -> None:
-    n_teacher, n_student = num_parameters(teacher), num_parameters(student)
-    if n_teacher > n_student:
-        logger.warning(
-            f"The teacher ({n_teacher:,} parameters) is larger than the student ({n_student:,}): this is ordinary "
-            "knowledge distillation, not SALT, whose teacher is the smaller model.",
-            main_process_only=True,
-        )
+from .selection import KDSelection, select_kd_data
+from .speedups import regroup_by_layer, warmup_inputs
+from .teacher import Teacher
 
 
 class SALTTrainer(Trainer):
@@ -78,6 +40,10 @@ class SALTTrainer(Trainer):
             teacher's folder when the teacher is given as a path.
         **kwargs:
             Every other argument of `Trainer`.
+
+    Attributes:
+        teacher (`salt_hf.teacher.Teacher` or `None`): the teacher and its lifecycle; None when SALT is off.
+        kd_selection (`salt_hf.selection.KDSelection` or `None`): SALT_DS's scores and selection, once computed.
     """
 
     # compute_loss divides the loss by the global number of supervised tokens itself.
@@ -91,36 +57,18 @@ class SALTTrainer(Trainer):
         teacher_processing_class=None,
         **kwargs,
     ):
-        if args is None:
-            args = SALTConfig(output_dir="trainer_output")
-        elif not isinstance(args, SALTConfig):
-            raise TypeError(
-                f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the "
-                "same fields (it subclasses TrainingArguments)."
-            )
-        if teacher_model is None:
-            teacher_model = args.teacher_model_name_or_path
-        self.teacher_model: torch.nn.Module | None = None
-        self._teacher_source: str | None = None
-        self._teacher_released = False
-        self._teacher_placement_used: str | None = None  # set when the teacher is placed: "replicate" or "zero3"
-        self._kd_steps: int | None = None
-        self._kd_selection: dict | None = None  # SALT_DS: scores and selected indices, once computed
+        args = _check_args(args)
+        source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        self.teacher: Teacher | None = None
         self.kd_vocab_size: int | None = None
-        if teacher_model is not None and args.kd_weight > 0.0:
+        self.kd_selection: KDSelection | None = None
+        self._kd_steps: int | None = None
+        if source is not None and args.kd_weight > 0.0:
             # Every check runs before Trainer.__init__, which creates the output folder.
-            if args.teacher_placement == "zero3" and not is_deepspeed_available():
-                raise ImportError(
-                    "teacher_placement='zero3' shards the teacher with DeepSpeed, which is not installed: "
-                    "pip install 'salt_hf[deepspeed]' (or use teacher_placement='replicate')."
-                )
-            self._setup_teacher(
-                model,
-                teacher_model,
-                args.teacher_model_init_kwargs,
-                kwargs.get("processing_class"),
-                teacher_processing_class,
-            )
+            teacher = Teacher(source, init_kwargs=args.teacher_model_init_kwargs, placement=args.teacher_placement)
+            tokenizer = kwargs.get("processing_class")
+            self.kd_vocab_size = teacher.check_student(model, tokenizer, teacher_processing_class)
+            self.teacher = teacher
 
         super().__init__(model=model, args=args, **kwargs)
         if self.args.n_gpu > 1:
@@ -128,7 +76,8 @@ class SALTTrainer(Trainer):
                 f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): "
                 "launch one process per GPU with `accelerate launch` or `torchrun`."
             )
-        if self.has_teacher and self.args.teacher_placement == "zero3" and self.is_fsdp_enabled:
+        if self.teacher is not None and self.args.teacher_placement == "zero3" and self.is_fsdp_enabled:
+            # FSDP can also come from `accelerate launch`'s config, which SALTConfig does not see
             raise ValueError(
                 "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP "
                 "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
@@ -141,92 +90,55 @@ class SALTTrainer(Trainer):
         # [nll_sum, kd_sum, kd_tokens, tokens] since the last logging step, on this process
         self._metric_sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
         self._last_kd_weight = 0.0
-        if self.has_teacher:
+        if self.teacher is not None:
             self.add_callback(TeacherLifecycleCallback(self))
 
-    # ---- teacher --------------------------------------------------------------------------------------------------
+    # ---- the KD stage ---------------------------------------------------------------------------------------------
 
-    def _setup_teacher(self, student, teacher_model, init_kwargs, processing_class, teacher_processing_class) -> None:
-        if isinstance(teacher_model, str):
-            # Checks need only the config and tokenizer; the weights are loaded when a run starts in the KD stage.
-            self._teacher_source = teacher_model
-            teacher_config = load_teacher_config(teacher_model, init_kwargs)
-            if teacher_processing_class is None:
-                teacher_processing_class = load_teacher_tokenizer(teacher_model, init_kwargs)
-            teacher_vocab = output_vocab_size(teacher_config)
-        else:
-            self.teacher_model = teacher_model
-            teacher_vocab = output_vocab_size(teacher_model)
+    def resolve_kd_steps(self, max_steps: int) -> int:
+        """Fixes n_KD for a run of `max_steps` optimizer steps (from `kd_steps` or `kd_ratio`) and returns it."""
+        self._kd_steps = self.args.resolve_kd_steps(max_steps)
+        return self._kd_steps
 
-        tokenizer = processing_class if hasattr(processing_class, "get_vocab") else None
-        check_tokenizers_match(tokenizer, teacher_processing_class)
-        self.kd_vocab_size = resolve_kd_vocab_size(output_vocab_size(student), teacher_vocab, tokenizer)
+    @property
+    def kd_steps(self) -> int:
+        """n_KD of this run (resolved from `kd_ratio` and the run's `max_steps` when training starts)."""
+        if self._kd_steps is None:
+            self.resolve_kd_steps(self.state.max_steps or self.args.max_steps)
+        return self._kd_steps
 
-        if self.teacher_model is not None:
-            _warn_if_teacher_larger(self.teacher_model, student)
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None
 
-    def _teacher_placement(self) -> str:
-        """'replicate' or 'zero3'; a teacher the user built under an active ZeRO-3 config is already partitioned."""
-        if self.args.teacher_placement == "replicate" and self.teacher_model is not None:
-            if is_zero3_partitioned(self.teacher_model):
-                logger.warning(
-                    "The teacher was created under DeepSpeed ZeRO-3 (`zero.Init`, e.g. by from_pretrained after "
-                    "SALTConfig(deepspeed=<stage 3>)), so its weights are partitioned: sharding it with ZeRO-3 "
-                    "inference. Pass the teacher's path, or load it before creating SALTConfig, to replicate it.",
-                    main_process_only=True,
-                )
-                return "zero3"
-        return self.args.teacher_placement
+    @property
+    def teacher_model(self) -> torch.nn.Module | None:
+        """The teacher's module while it is loaded (a DeepSpeed engine under ZeRO-3 placement), else None."""
+        return self.teacher.module if self.teacher is not None else None
 
-    def _teacher_zero3_config(self) -> dict:
-        plugin = self.accelerator.state.deepspeed_plugin
-        source = self.teacher_model if self.teacher_model is not None else self._teacher_source
-        teacher_config = (
-            source.config
-            if not isinstance(source, str)
-            else load_teacher_config(source, self.args.teacher_model_init_kwargs)
-        )
-        return zero3_inference_config(
-            teacher_config,
-            micro_batch_size=self.args.per_device_train_batch_size,
-            trainer_ds_config=plugin.deepspeed_config if plugin is not None else None,
-            bf16=self.args.bf16,
-            fp16=self.args.fp16,
-        )
+    def current_kd_weight(self, step: int) -> float:
+        """w_t at an optimizer step; a function of the global step alone, so identical on every process."""
+        if self.teacher is None:
+            return 0.0
+        return kd_weight(step, schedule=self.args.kd_schedule, weight=self.args.kd_weight, kd_steps=self.kd_steps)
 
-    def _ensure_teacher(self) -> None:
-        """
-        Loads (if given as a path) and places the teacher, once. Runs on every process at the same step (at the start
-        of a run inside the KD stage): with ZeRO-3 placement, loading and wrapping are collectives.
-        """
-        if self._teacher_released or self._teacher_placement_used is not None or not self.has_teacher:
-            return
-        placement = self._teacher_placement()
-        zero3_config = self._teacher_zero3_config() if placement == "zero3" else None
-        if self.teacher_model is None:
-            logger.info(f"Loading the teacher from {self._teacher_source}", main_process_only=True)
-            self.teacher_model = load_teacher(
-                self._teacher_source, self.args.teacher_model_init_kwargs, zero3_config=zero3_config
-            )
-            _warn_if_teacher_larger(self.teacher_model, self.model)
-        if placement == "zero3":
-            self.teacher_model = shard_teacher_zero3(self.teacher_model, zero3_config)
-        else:
-            prepare_teacher(self.teacher_model, self.accelerator.device)
-        self._teacher_placement_used = placement
+    def kd_active(self, step: int) -> bool:
+        return self.current_kd_weight(step) > 0.0
 
-    def release_teacher(self) -> None:
-        """Drops the trainer's reference to the teacher and frees its memory; it is never called again."""
-        if self._teacher_released:
-            return
-        had_teacher = self.teacher_model is not None
-        if had_teacher and self._teacher_placement_used == "zero3":
-            self.teacher_model.destroy()  # the DeepSpeed engine: removes its parameter-gathering hooks
-        self.teacher_model = None
-        self._teacher_released = True
-        free_memory()
-        if had_teacher:
-            logger.info(f"KD stage over at step {self.state.global_step}: teacher released.", main_process_only=True)
+    def place_teacher(self) -> torch.nn.Module | None:
+        """Loads and places the teacher for this run's accelerator (once; every process at the same step)."""
+        return self.teacher.place(self.accelerator, self.args) if self.teacher is not None else None
+
+    def salt_settings(self) -> dict[str, Any]:
+        """How this run used SALT, for model cards: the teacher, w, the schedule, n_KD and where the KD stage ended."""
+        ended = self.teacher is not None and self.state.global_step >= self.kd_steps
+        return {
+            "teacher": self.teacher.name if self.teacher is not None else None,
+            "kd_weight": self.args.kd_weight if self.teacher is not None else 0.0,
+            "kd_schedule": self.args.kd_schedule,
+            "kd_steps": self.kd_steps if self.teacher is not None else 0,
+            "kd_end_step": self.kd_steps if ended else None,
+        }
 
     # ---- SALT_DS: the teacher chooses the KD stage's sequences ------------------------------------------------------
 
@@ -235,138 +147,48 @@ class SALTTrainer(Trainer):
             self.prepare_kd_selection()
         return super().get_train_dataloader()
 
-    def _get_train_sampler(self, train_dataset=None):
-        selection = self._kd_selection
-        if selection is None or not selection["selected"].size:
-            return super()._get_train_sampler(train_dataset)
-        # one "epoch" holding the whole run: the KD stage's n_KD global batches from the selected sequences, then
-        # permutations of the whole dataset; Accelerate hands each process its share of every global batch
-        global_batch = self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return KDSelectionSampler(selection["selected"], len(self.train_dataset),
-                                  kd_samples=self.kd_steps * global_batch,
-                                  total_samples=self.args.max_steps * global_batch, seed=seed)  # fmt: skip
-
-    def _teacher_fingerprint(self) -> str:
-        if self.teacher_model is None and self._teacher_source is not None:
-            fingerprint = path_fingerprint(self._teacher_source, self.args.teacher_model_init_kwargs)
-            if fingerprint is not None:
-                return fingerprint
-            self._ensure_teacher()  # a hub id: fingerprint the loaded weights
-        return model_fingerprint(self.teacher_model)
-
-    def _teacher_for_scoring(self) -> torch.nn.Module:
-        self._ensure_teacher()
-        return self.teacher_model
-
-    def prepare_kd_selection(self) -> dict | None:
+    def prepare_kd_selection(self) -> KDSelection | None:
         """
-        SALT_DS: scores the training set with the teacher (or reads the cached scores), selects the KD stage's
-        sequences (`kd_select_fraction`, `kd_select_drop_top`) and returns `{"scores", "selected", "summary"}`. Called
-        by `get_train_dataloader` when `kd_data_selection=True`; runs on every process (scoring is spread over them).
+        SALT_DS: scores the training set with the teacher (or reads the cached scores) and selects the KD stage's
+        sequences (`salt_hf.selection.select_kd_data`). Called by `get_train_dataloader` when
+        `kd_data_selection=True`; runs on every process (scoring is spread over them).
         """
-        if self._kd_selection is not None:
-            return self._kd_selection
-        args = self.args
-        if not self.has_teacher or args.kd_weight == 0.0 or self._teacher_released:
-            logger.warning("kd_data_selection=True without a teacher or with kd_weight=0: no selection.")
-            return None
-        dataset = self.train_dataset
-        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-            raise ValueError(
-                "kd_data_selection=True needs a training dataset with a length (a map-style dataset, not a streamed "
-                "one): the teacher scores every sequence before training."
+        if self.kd_selection is None:
+            kd_steps = self.resolve_kd_steps(self.args.max_steps) if self.teacher is not None else 0
+            self.kd_selection = select_kd_data(
+                self.train_dataset, self.teacher, self.args, kd_steps, load_teacher=self.place_teacher
             )
-        if self._resolve_kd_steps(args.max_steps) == 0:
-            return None
-        cache_dir = args.kd_select_cache_dir or default_score_cache_dir()
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        to_score, pool, rows_fingerprint = subset_for_scoring(dataset, args.kd_select_max_sequences, seed)
-        key = score_cache_key(rows_fingerprint, self._teacher_fingerprint(), top_k=args.kd_select_top_k,
-                              ignore_index=-100)  # fmt: skip
-        scores = score_dataset(
-            None,
-            to_score,
-            cache_dir=cache_dir,
-            cache_key=key,
-            top_k=args.kd_select_top_k,
-            batch_size=args.kd_select_batch_size or args.per_device_eval_batch_size,
-            load_teacher=self._teacher_for_scoring,
-            show_progress=not args.disable_tqdm,
+            dataset = self.train_dataset
+            if self.kd_selection is not None and hasattr(dataset, "add_column") and self.args.remove_unused_columns:
+                if "kd_score" not in dataset.column_names:
+                    # the scores as a column, for inspection (the Trainer drops it before the model's forward)
+                    self.train_dataset = dataset.add_column("kd_score", self.kd_selection.scores.tolist())
+        return self.kd_selection
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.kd_selection is None:
+            return super()._get_train_sampler(train_dataset)
+        args = self.args
+        return self.kd_selection.sampler(
+            len(self.train_dataset),
+            kd_steps=self.kd_steps,
+            max_steps=args.max_steps,
+            global_batch=self._train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
         )
-        # the fraction (and the band) apply to the scored sequences
-        selected = select_sequences(scores, fraction=args.kd_select_fraction, drop_top=args.kd_select_drop_top,
-                                    seed=seed)  # fmt: skip
-        if pool is not None:  # back to dataset indices; unscored sequences get NaN
-            selected = pool[selected]
-            full = np.full(len(dataset), np.nan, dtype=np.float32)
-            full[pool] = scores
-            scores = full
-        summary = describe_selection(scores, selected)
-        logger.info(f"SALT_DS selection: {summary}", main_process_only=True)
-        self._kd_selection = {
-            "scores": scores,
-            "selected": selected,
-            "summary": summary,
-            "cache": str(Path(cache_dir) / key),
-        }
-        if (
-            hasattr(dataset, "add_column")  # a datasets.Dataset
-            and args.remove_unused_columns
-            and "kd_score" not in dataset.column_names
-        ):
-            # the scores as a column, for inspection (the Trainer drops it before the model's forward)
-            self.train_dataset = dataset.add_column("kd_score", scores.tolist())
-        return self._kd_selection
-
-    # ---- schedule -------------------------------------------------------------------------------------------------
-
-    def _resolve_kd_steps(self, max_steps: int) -> int:
-        self._kd_steps = self.args.resolve_kd_steps(max_steps)
-        return self._kd_steps
-
-    @property
-    def kd_steps(self) -> int:
-        """n_KD of this run (resolved from `kd_ratio` and the run's `max_steps` when training starts)."""
-        if self._kd_steps is None:
-            self._resolve_kd_steps(self.state.max_steps or self.args.max_steps)
-        return self._kd_steps
-
-    @property
-    def has_teacher(self) -> bool:
-        return self._teacher_source is not None or self.teacher_model is not None
-
-    def current_kd_weight(self, step: int) -> float:
-        """w_t at an optimizer step; a function of the global step alone, so identical on every process."""
-        if not self.has_teacher or self.args.kd_weight == 0.0:
-            return 0.0
-        return kd_weight(step, schedule=self.args.kd_schedule, weight=self.args.kd_weight, kd_steps=self.kd_steps)
-
-    def kd_active(self, step: int) -> bool:
-        return self.current_kd_weight(step) > 0.0
 
     # ---- optimizer ------------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
         """
-        The Trainer's optimizer for `args.optim`; with `layerwise_lr_decay` < 1 its parameter groups (the Trainer's
-        decay / no-decay groups, or the optimizer's own) are split by layer and each learning rate multiplied
-        (`salt_hf.speedups.layerwise_param_groups`). Runs where the Trainer builds the optimizer, also before DeepSpeed
-        wraps it; an optimizer passed to the Trainer is left as it is.
+        The Trainer's optimizer for `args.optim`; with `layerwise_lr_decay` < 1 its parameter groups are split by
+        layer and each learning rate multiplied (`salt_hf.speedups.regroup_by_layer`). Runs where the Trainer builds
+        the optimizer, also before DeepSpeed wraps it; an optimizer passed to the Trainer is left as it is.
         """
         built_here = self.optimizer is None
         optimizer = super().create_optimizer(model)
         if built_here and self.args.layerwise_lr_decay != 1.0:
-            groups = layerwise_param_groups(
-                optimizer.param_groups,
-                self.model if model is None else model,
-                decay=self.args.layerwise_lr_decay,
-                direction=self.args.layerwise_lr_direction,
-            )
-            # No step has run: no optimizer state refers to the old groups. add_param_group fills in the defaults.
-            optimizer.param_groups.clear()
-            for group in groups:
-                optimizer.add_param_group(group)
+            regroup_by_layer(optimizer, self.model if model is None else model, self.args)
         return optimizer
 
     # ---- loss -----------------------------------------------------------------------------------------------------
@@ -378,43 +200,19 @@ class SALTTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        inputs = dict(inputs)
-        if model.training and self.args.seq_warmup_steps > 0:
-            # Sequence-length warmup (salt_hf.speedups): rows split by the global step, before the student's and the
-            # teacher's forward, so both see the same rows; the supervised tokens, and num_items_in_batch, are kept.
-            args = self.args
-            length = seq_length_at(
-                self.state.global_step,
-                schedule=args.seq_warmup_schedule,
-                warmup_steps=args.seq_warmup_steps,
-                start_length=args.seq_warmup_start_length,
-                full_length=inputs["input_ids"].shape[1],
-            )
-            inputs = reshape_for_length(inputs, length)
-        labels = inputs.pop("labels", None)
-        shift_labels = inputs.pop("shift_labels", None)
-        if shift_labels is None:
-            if labels is None:
-                raise ValueError(
-                    "SALTTrainer needs `labels` (or `shift_labels`) in every batch: use a causal-LM collator such as "
-                    "DataCollatorForLanguageModeling(tokenizer, mlm=False) or salt_hf.data's packing."
-                )
-            # Position t predicts token t + 1; the last position of each row predicts nothing.
-            shift_labels = F.pad(labels[..., 1:], (0, 1), value=-100)
-
         training = model.training
+        inputs = warmup_inputs(dict(inputs), self.state.global_step, self.args) if training else dict(inputs)
+        shift_labels = _pop_shift_labels(inputs)
         w = self.current_kd_weight(self.state.global_step) if training else 0.0
         outputs = model(**inputs)
 
         teacher_logits = None
         if w > 0.0:
             # w comes from the global step: every process gets here on the same steps (a ZeRO-3 teacher's forward
-            # and placement are collectives).
-            if self._teacher_placement_used is None:
-                self._ensure_teacher()
-            # The teacher sees exactly the student's inputs (attention mask, position ids of packed sequences).
-            with torch.no_grad(), self.accelerator.autocast():
-                teacher_logits = self.teacher_model(**inputs).logits
+            # and placement are collectives). The teacher sees exactly the student's inputs.
+            self.place_teacher()
+            with self.accelerator.autocast():
+                teacher_logits = self.teacher.logits(inputs)
 
         out = salt_loss(
             outputs.logits,
@@ -430,23 +228,22 @@ class SALTTrainer(Trainer):
             compile=self.args.kd_compile,
         )
         del teacher_logits
-
-        if num_items_in_batch is None:
-            denominator = out.num_tokens.clamp_min(1)
-            loss = out.loss / denominator
-        else:
-            loss = out.loss / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                # `num_items_in_batch` counts the tokens of all processes, and DDP / DeepSpeed average the
-                # gradients over processes: multiply back so the step equals one process holding the whole batch.
-                loss = loss * self.accelerator.num_processes
-
+        loss = self._normalise(out.loss, out.num_tokens, num_items_in_batch)
         if training:
             kd_tokens = out.num_tokens if w > 0.0 else torch.zeros_like(out.num_tokens)
             self._metric_sums += torch.stack([out.nll, out.kd, kd_tokens, out.num_tokens]).to(self._metric_sums)
             self._last_kd_weight = w
-
         return (loss, outputs) if return_outputs else loss
+
+    def _normalise(self, loss_sum, num_tokens, num_items_in_batch) -> torch.Tensor:
+        if num_items_in_batch is None:
+            return loss_sum / num_tokens.clamp_min(1)
+        loss = loss_sum / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            # `num_items_in_batch` counts the tokens of all processes, and DDP / DeepSpeed average the gradients
+            # over processes: multiply back so the step equals one process holding the whole batch.
+            loss = loss * self.accelerator.num_processes
+        return loss
 
     # ---- logging --------------------------------------------------------------------------------------------------
 
@@ -462,3 +259,34 @@ class SALTTrainer(Trainer):
             # eval losses are the plain NLL per token (w = 0 in eval), comparable between SALT and the baseline
             logs[key[: -len("loss")] + "perplexity"] = math.exp(min(logs[key], 700.0))
         super().log(logs, start_time)
+
+
+def _check_args(args: SALTConfig | None) -> SALTConfig:
+    if args is None:
+        return SALTConfig(output_dir="trainer_output")
+    if not isinstance(args, SALTConfig):
+        raise TypeError(
+            f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the "
+            "same fields (it subclasses TrainingArguments)."
+        )
+    if args.kd_weight > 0.0 and args.teacher_placement == "zero3" and not is_deepspeed_available():
+        raise ImportError(
+            "teacher_placement='zero3' shards the teacher with DeepSpeed, which is not installed: "
+            "pip install 'salt_hf[deepspeed]' (or use teacher_placement='replicate')."
+        )
+    return args
+
+
+def _pop_shift_labels(inputs: dict[str, Any]) -> torch.Tensor:
+    """Removes the labels from `inputs` and returns them shifted: position t predicts token t + 1."""
+    labels = inputs.pop("labels", None)
+    shift_labels = inputs.pop("shift_labels", None)
+    if shift_labels is not None:
+        return shift_labels
+    if labels is None:
+        raise ValueError(
+            "SALTTrainer needs `labels` (or `shift_labels`) in every batch: use a causal-LM collator such as "
+            "DataCollatorForLanguageModeling(tokenizer, mlm=False) or salt_hf.data's packing."
+        )
+    # the last position of each row predicts nothing
+    return F.pad(labels[..., 1:], (0, 1), value=-100)

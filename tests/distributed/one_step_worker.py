@@ -33,19 +33,20 @@ class RecordingTrainer(SALTTrainer):
 
     teacher_record: dict | None = None
 
-    def _ensure_teacher(self):
-        super()._ensure_teacher()
+    def place_teacher(self):
+        placed = super().place_teacher()
         if self.teacher_model is not None and self.teacher_record is None:
             module = getattr(self.teacher_model, "module", self.teacher_model)  # a DeepSpeed engine wraps it
             params = list(module.parameters())
             self.teacher_record = {
-                "placement": self._teacher_placement_used,
+                "placement": self.teacher.placement,
                 "wrapper": type(self.teacher_model).__name__,
                 "partitioned": all(hasattr(p, "ds_id") for p in params),
                 "full_numel": num_parameters(module),
                 "local_numel": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params),
                 "device": str(params[0].device),
             }
+        return placed
 
 
 class NoProcessFactorTrainer(RecordingTrainer):
