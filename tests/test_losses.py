@@ -567,3 +567,43 @@ def test_compiled_default_term_matches_eager():
         results.append((out.loss.detach(), out.nll, out.kd, grad))
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+# ---- 8. the package's plain reference (shared with the benchmarks) ------------------------------------------------
+
+
+@pytest.mark.parametrize(("divergence", "beta"), ALL_CASES, ids=ALL_IDS)
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_package_reference_equals_the_naive_references(divergence, beta, tau):
+    """`reference_salt_loss` is the naive float64 loss of this file: its sums and its gradient."""
+    from salt_hf.losses import reference_salt_loss
+
+    s, t, labels = student_logits(), teacher_logits(), make_labels()
+    kw = dict(divergence=divergence, temperature=tau, beta=beta)
+    out = reference_salt_loss(s, labels, t, nll_weight=0.3, kd_weight=0.7, **kw)
+    expected, expected_grad = ref_value_and_grad(
+        lambda x: 0.3 * ref_nll(x, labels) + 0.7 * ref_kd(x, t, labels, divergence, tau, beta), s
+    )
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(out.nll, ref_nll(s, labels), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(out.kd, ref_kd(s, t, labels, divergence, tau, beta), rtol=1e-12, atol=0.0)
+    assert out.num_tokens.item() == (labels != IGNORE).sum().item()
+    # the gradient flows back through the upcast into s's dtype (fp32): compare at fp32 rounding
+    (grad,) = torch.autograd.grad(out.loss, s)
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-6, atol=1e-7 * expected_grad.abs().max().item())
+
+
+@pytest.mark.parametrize(("divergence", "beta"), ALL_CASES, ids=ALL_IDS)
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_fused_loss_equals_the_package_reference(divergence, beta, tau):
+    from salt_hf.losses import reference_salt_loss
+
+    s, t, labels = student_logits(), teacher_logits(vocab=V + 6), make_labels()
+    kw = dict(nll_weight=0.4, kd_weight=0.6, divergence=divergence, temperature=tau, beta=beta, vocab_size=V)
+    fused = salt_loss(s, labels, t, chunk_size=5, **kw)
+    reference = reference_salt_loss(s, labels, t, **kw)
+    assert_value(fused.loss.detach(), reference.loss.detach(), TOL[torch.float32]["value"])
+    (fused_grad,) = torch.autograd.grad(fused.loss, s)
+    (reference_grad,) = torch.autograd.grad(reference.loss, s)
+    assert_grad(fused_grad, reference_grad.double(), TOL[torch.float32]["grad"], torch.float32)
