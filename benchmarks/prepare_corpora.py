@@ -27,14 +27,11 @@ import sys
 from pathlib import Path
 
 import torch
+from bench import WORK
+from datasets import Dataset, DatasetDict
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from salt_hf.data import builtin_corpus, tokenize_and_pack, train_bpe_tokenizer
 
-from datasets import Dataset, DatasetDict  # noqa: E402
-
-from salt_hf.data import builtin_corpus, tokenize_and_pack, train_bpe_tokenizer  # noqa: E402
-
-WORK = Path(__file__).resolve().parent / "work"
 VALIDATION_FRACTION = 0.05
 APT_PACKAGES = ["sword-text-web", "diatheke", "wordnet-base", "fortunes"]
 BIBLE_MODULE = "engWEB2015eb"
@@ -69,8 +66,8 @@ def ensure_packages() -> bool:
 
 def bible_documents():
     for book in BIBLE_BOOKS:
-        out = subprocess.run(["diatheke", "-b", BIBLE_MODULE, "-f", "plain", "-k", book], capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+        cmd = ["diatheke", "-b", BIBLE_MODULE, "-f", "plain", "-k", book]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         # drop the "Book 1:1: " references and the trailing module name; one verse a line
         lines = [re.sub(r"^\S+(?: \S+)? \d+:\d+: ", "", line).strip() for line in out.splitlines()]
         text = "\n".join(line for line in lines if line and not line.startswith("("))
@@ -83,7 +80,8 @@ def wordnet_documents(rows_per_doc: int = 2000):
         for line in Path(f"/usr/share/wordnet/data.{pos}").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("  ") or "|" not in line:
                 continue  # license header
-            words = line.split(" ")[4:4 + 2 * int(line.split(" ")[3], 16):2]  # fmt: skip
+            fields = line.split(" ")  # offset, lex_filenum, ss_type, w_cnt (hex), then w_cnt (word, lex_id) pairs
+            words = fields[4 : 4 + 2 * int(fields[3], 16) : 2]
             gloss = line.split("|", 1)[1].strip()
             glosses.append(f"{', '.join(w.replace('_', ' ') for w in words)}: {gloss}")
         for i in range(0, len(glosses), rows_per_doc):

@@ -2,14 +2,15 @@
 
     python benchmarks/speedups_benchmark.py --corpus python --device cuda --workers 8
     python benchmarks/speedups_benchmark.py --corpus python --device cpu --steps 20 --seeds 0 --only baseline,wsd_salt
+    python benchmarks/speedups_benchmark.py --corpus python --seeds 0 --summarise-only
 
 Each technique runs alone and with SALT's default recipe: a WSD schedule, cosine with a floor, sequence-length
 warmup, layer-wise learning rates, unfused AdamW against the default fused one, Adafactor, schedule-free AdamW. Same
-seeds and data order as the plain baseline, which is salt_benchmark.py's recipe (AdamW 2e-3, cosine, 50 warm-up
-steps, batch 16, sequence 128, 5M student). Reported against the plain baseline of the same seed: steps and
+seeds and data order as the plain baseline, which is salt_benchmark.py's recipe (bench.py: AdamW 2e-3, cosine, 50
+warm-up steps, batch 16, sequence 128, 5M student). Reported against the plain baseline of the same seed: steps and
 wall-clock (training only) to reach its final test loss, and the final test loss. The teacher is salt_benchmark.py's
-1M teacher (trained here first if missing). Writes benchmarks/results/<corpus>/speedups/runs/*.json and
-benchmarks/results/<corpus>/speedups/summary.json.
+1M teacher (trained here first if missing). Writes <results>/<corpus>/speedups/runs/*.json and, from them,
+<results>/<corpus>/speedups/summary.json (<results>: benchmarks/results unless --results says otherwise).
 """
 
 from __future__ import annotations
@@ -17,31 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
+import bench
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from salt_benchmark import (  # noqa: E402
-    DEFAULT,
-    EVAL_ROWS,
-    RESULTS,
-    STUDENT,
-    TEACHERS,
-    WORK,
-    Rows,
-    RunSpec,
-    build_model,
-    first_step_at_or_below,
-    recipe_args,
-    step_timer,
-    time_to_step,
-)
-from salt_benchmark import train_one as train_salt_benchmark_run  # noqa: E402
+from bench import DEFAULT, RESULTS, WORK, RunResult, RunSpec
 
 # Each technique as the SALTConfig fields it changes; the baseline is salt_benchmark.py's recipe. Fractions of the run
 # (decay, warmup) are resolved against --steps in `technique_fields`.
@@ -61,6 +44,7 @@ TECHNIQUES: dict[str, dict] = {
     # schedule-free AdamW does its own warmup (warmup_steps) and needs no decay: constant schedule
     "schedule_free": {"optim": "schedule_free_adamw", "lr_scheduler_type": "constant"},
 }
+VARIANTS = [f"{technique}{'_salt' if salt else ''}" for technique in TECHNIQUES for salt in (False, True)]
 
 
 def technique_fields(name: str, steps: int) -> dict:
@@ -85,133 +69,110 @@ def suite(steps: int, seeds: list[int]) -> list[RunSpec]:
     return runs
 
 
-# ---- one run (in a worker process) ----------------------------------------------------------------------------------
+# ---- training: every run writes <results>/<corpus>/speedups/runs/<name>.json ------------------------------------
 
 
-def train_one(spec: RunSpec, corpus: str, device: str) -> dict:
-
-    from salt_hf import SALTTrainer
-
-    work = WORK / corpus
-    info = json.loads((work / "info.json").read_text())
-    val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
-    evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
-    teacher_dir = work / "teachers" / spec.teacher if spec.teacher else None
-
-    fields = {"lr_scheduler_type": "cosine", **spec.extra}  # salt_benchmark.py's recipe, then the technique
-    args = recipe_args(spec, device, work / "speedups_runs" / spec.name)
-    model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
-    timer = step_timer(device)
-    trainer = SALTTrainer(model=model, teacher_model=str(teacher_dir) if teacher_dir else None, args=args,
-                          train_dataset=Rows(torch.load(work / "train.pt")), eval_dataset=evals,
-                          callbacks=[timer])  # fmt: skip
-    t0 = time.time()
-    trainer.train()
-    wall = time.time() - t0
-    by_step: dict[int, dict] = {}  # the two eval sets are logged as two entries per evaluation step
-    for h in trainer.state.log_history:
-        by_step.setdefault(h["step"], {}).update(h)
-    curve = [(step, h["eval_test_loss"], h["eval_dev_loss"]) for step, h in sorted(by_step.items())
-             if "eval_test_loss" in h and "eval_dev_loss" in h]  # fmt: skip
-    result = {
-        "spec": {
-            "name": spec.name,
-            "group": spec.group,
-            "seed": spec.seed,
-            "steps": spec.steps,
-            "salt": spec.teacher is not None,
-            "fields": fields,
-        },
-        "corpus": corpus,
-        "device": device,
-        "kd_steps": trainer.kd_steps if spec.teacher else 0,
-        "curve_step_test_dev": curve,
-        "final_test_loss": curve[-1][1],
-        "final_dev_loss": curve[-1][2],
-        "train_wall_s": wall,
-        "step_times_s": timer.times,
-        "median_step_s": statistics.median(timer.times),
-        "train_log": [h for h in trainer.state.log_history if "loss" in h],
+def record(r: RunResult) -> dict:
+    """This suite's run JSON: the technique's fields instead of the full spec, the median of every step."""
+    spec = {"name": r.spec.name, "group": r.spec.group, "seed": r.spec.seed, "steps": r.spec.steps}
+    spec.update(salt=r.spec.teacher is not None, fields={"lr_scheduler_type": "cosine", **r.spec.extra})
+    return {
+        "spec": spec,
+        "corpus": r.corpus,
+        "device": r.device,
+        "kd_steps": r.kd_steps,
+        "curve_step_test_dev": r.curve_step_test_dev,
+        "final_test_loss": r.final_test_loss,
+        "final_dev_loss": r.final_dev_loss,
+        "train_wall_s": r.train_wall_s,
+        "step_times_s": r.step_times_s,
+        "median_step_s": statistics.median(r.step_times_s),
+        "train_log": r.train_log,
     }
-    path = RESULTS / corpus / "speedups" / "runs" / f"{spec.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result) + "\n")
-    print(f"{spec.name}: test {result['final_test_loss']:.4f} wall {wall:.0f}s", flush=True)
-    return result
 
 
-# ---- analysis -------------------------------------------------------------------------------------------------------
+def train_one(spec: RunSpec, corpus: str, device: str, runs: Path) -> None:
+    if spec.group == "teacher":  # salt_benchmark.py's teacher, saved where the SALT runs load it
+        save_to = bench.teacher_dir(corpus, spec.model)
+        result = bench.train_run(spec, corpus, device, WORK / corpus / "runs" / spec.name, save_to)
+        result.save(runs.parent / f"{spec.name}.json")  # beside the summary: runs/ holds this suite's runs only
+        return
+    result = bench.train_run(spec, corpus, device, WORK / corpus / "speedups_runs" / spec.name)
+    bench.write_json(runs / f"{spec.name}.json", record(result))
+
+
+# ---- summary: over the stored runs -------------------------------------------------------------------------------
 
 
 def summarise(corpus: str, results: dict[str, dict], steps: int, seeds: list[int]) -> dict:
-    def stats(values):
-        vals = [v for v in values if v is not None]
-        return {"mean": statistics.mean(vals) if vals else None,
-                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
-                "reached": f"{len(vals)}/{len(values)}", "seeds": values}  # fmt: skip
-
+    """Per variant, over the seeds: steps and wall-clock to the plain baseline's final test loss (same seed), the
+    final test loss and the median step time."""
     rows = {}
-    for technique in TECHNIQUES:
-        for salt in (False, True):
-            variant = f"{technique}{'_salt' if salt else ''}"
-            per_seed = {"steps_to_target_ratio": [], "wallclock_to_target_ratio": [], "final_test_loss": [],
-                        "median_step_s": []}  # fmt: skip
-            for seed in seeds:
-                run, base = results.get(f"{variant}_s{seed}"), results.get(f"baseline_s{seed}")
-                if run is None or base is None:
-                    continue
-                target = base["final_test_loss"]  # the plain baseline's final loss, same seed
-                reach = first_step_at_or_below(run["curve_step_test_dev"], target)
-                t_reach = time_to_step(run, reach)
-                per_seed["steps_to_target_ratio"].append(reach / base["spec"]["steps"] if reach is not None else None)
-                per_seed["wallclock_to_target_ratio"].append(
-                    t_reach / sum(base["step_times_s"]) if t_reach is not None else None
-                )
-                per_seed["final_test_loss"].append(run["final_test_loss"])
-                per_seed["median_step_s"].append(run["median_step_s"])
-            if per_seed["final_test_loss"]:
-                rows[variant] = {key: stats(values) for key, values in per_seed.items()}
+    for variant in VARIANTS:
+        per_seed = {
+            k: [] for k in ("steps_to_target_ratio", "wallclock_to_target_ratio", "final_test_loss", "median_step_s")
+        }
+        for seed in seeds:
+            run, base = results.get(f"{variant}_s{seed}"), results.get(f"baseline_s{seed}")
+            if run is None or base is None:
+                continue
+            target = base["final_test_loss"]
+            reach = bench.first_step_at_or_below(run["curve_step_test_dev"], target)
+            per_seed["steps_to_target_ratio"].append(reach / base["spec"]["steps"] if reach is not None else None)
+            t_reach = sum(run["step_times_s"][:reach]) if reach is not None else None
+            per_seed["wallclock_to_target_ratio"].append(
+                t_reach / sum(base["step_times_s"]) if t_reach is not None else None
+            )
+            per_seed["final_test_loss"].append(run["final_test_loss"])
+            per_seed["median_step_s"].append(run["median_step_s"])
+        if per_seed["final_test_loss"]:
+            rows[variant] = {key: bench.seed_stats(values, reached=True) for key, values in per_seed.items()}
     return {"corpus": corpus, "steps": steps, "seeds": seeds, "variants": rows}
 
 
+def write_summary(args, seeds: list[int], runs: Path, figures: dict) -> None:
+    # runs stored by earlier invocations of the same corpus and length fill in what --only left out
+    stored = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    if not stored:
+        raise SystemExit(f"no stored runs in {runs}: nothing to summarise")
+    results = {k: v for k, v in stored.items() if v["spec"]["steps"] == args.steps}
+    summary = summarise(args.corpus, results, args.steps, seeds)
+    out = runs.parent / "summary.json"
+    summary.update(bench.invocation_figures(out, figures, args.summarise_only))
+    bench.write_json(out, summary, indent=2)
+    for variant, row in summary["variants"].items():
+        steps, wall = row["steps_to_target_ratio"]["mean"], row["wallclock_to_target_ratio"]["mean"]
+        final = row["final_test_loss"]["mean"]
+        print(f"{variant:22s} steps-to-target {steps}  wall-to-target {wall}  final test {final:.4f}")
+
+
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every variant runs each")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--only", default=None, help="comma-separated variants, e.g. baseline,wsd_salt (debugging)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where speedups/ goes, per corpus")
+    parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    runs_dir = args.results.resolve() / args.corpus / "speedups" / "runs"
     t0 = time.time()
     runs = suite(args.steps, seeds)
     if args.only:
         keep = set(args.only.split(","))
         runs = [r for r in runs if r.name.rsplit("_s", 1)[0] in keep]
-    ctx = torch.multiprocessing.get_context("spawn")
-    teacher = RunSpec(f"teacher_{DEFAULT['teacher']}", model=DEFAULT["teacher"],
-                      steps=int(args.steps * TEACHERS[DEFAULT["teacher"]]), group="teacher")  # fmt: skip
-    if any(r.teacher for r in runs) and not (WORK / args.corpus / "teachers" / DEFAULT["teacher"]).is_dir():
-        with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # salt_benchmark.py's teacher, saved where it reads it
-            pool.submit(train_salt_benchmark_run, teacher, args.corpus, args.device).result()
-    results = {}
-    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-        done = pool.map(train_one, runs, [args.corpus] * len(runs), [args.device] * len(runs))
-        for spec, res in zip(runs, done, strict=True):
-            results[spec.name] = res
-    # runs stored by earlier invocations of the same corpus and length fill in what --only left out
-    stored = {p.stem: json.loads(p.read_text()) for p in (RESULTS / args.corpus / "speedups" / "runs").glob("*.json")}
-    results = {**{k: v for k, v in stored.items() if v["spec"]["steps"] == args.steps}, **results}
-    summary = summarise(args.corpus, results, args.steps, seeds)
-    summary.update(suite_wall_s=time.time() - t0, device=args.device, workers=args.workers, student=STUDENT)
-    out = RESULTS / args.corpus / "speedups" / "summary.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    for variant, row in summary["variants"].items():
-        print(f"{variant:22s} steps-to-target {row['steps_to_target_ratio']['mean']}  "
-              f"wall-to-target {row['wallclock_to_target_ratio']['mean']}  "
-              f"final test {row['final_test_loss']['mean']:.4f}")  # fmt: skip
+    figures = dict.fromkeys(("suite_wall_s", "device", "workers", "student"))
+    if not args.summarise_only:
+        one = partial(train_one, corpus=args.corpus, device=args.device, runs=runs_dir)
+        if any(r.teacher for r in runs) and not bench.teacher_dir(args.corpus, DEFAULT["teacher"]).is_dir():
+            bench.in_workers(one, [bench.teacher_run(DEFAULT["teacher"], args.steps)], 1)
+        bench.in_workers(one, runs, args.workers)
+        figures = dict(suite_wall_s=time.time() - t0, device=args.device, workers=args.workers, student=bench.STUDENT)
+    write_summary(args, seeds, runs_dir, figures)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

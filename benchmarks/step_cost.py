@@ -2,6 +2,7 @@
 
     python benchmarks/step_cost.py                      # CPU fp32, vocab 8k and 32k, writes results/step_cost.json
     python benchmarks/step_cost.py --device cuda --dtype bf16 --out results/step_cost_gpu.json
+    python benchmarks/step_cost.py --summarise-only     # the table of the stored results/step_cost.json
 
 Both steps are the real thing: `Trainer.training_step` (the model's own loss) and `SALTTrainer.training_step` (fused
 chunked NLL + KD with the teacher's forward), each followed by the optimizer step. They run interleaved in one process
@@ -21,28 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from bench import DEFAULT, RESULTS, STUDENT, build_model, sync, write_json
+from transformers import Trainer, TrainingArguments
 
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
-
-from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
+from salt_hf import SALTConfig, SALTTrainer
 
 # Sizes from the issue: ~5M-parameter student, ~1M teacher (at vocab 8k), seq 256, batch 16.
-STUDENT = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4)
-TEACHER = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
-SEQ, BATCH = 256, 16
-COMPILE = os.environ.get("SALT_KD_COMPILE", "0") == "1"  # set by --compile (read in the memory children too)
+TEACHER, SEQ, BATCH = DEFAULT["teacher"], 256, 16
 
 
-def build(vocab: int, sizes: dict, seed: int, dtype) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=SEQ, tie_word_embeddings=True,
-                      num_key_value_heads=sizes["num_attention_heads"], **sizes)  # fmt: skip
-    return LlamaForCausalLM(cfg).to(dtype)
-
-
-def make_trainers(vocab: int, device: str, dtype, which: str):
+def make_trainers(vocab: int, device: str, dtype: str, which: str, compile_kd: bool):
+    """The plain and/or the KD trainer, ready to step, and the KD trainer's teacher (None without it)."""
     common = dict(
         output_dir="/tmp/salt_step_cost",
         report_to="none",
@@ -53,21 +44,21 @@ def make_trainers(vocab: int, device: str, dtype, which: str):
         optim="adamw_torch",
         disable_tqdm=True,
     )
-    out = {}
+    out, teacher = {}, None
     if which in ("plain", "all"):
-        out["plain"] = Trainer(model=build(vocab, STUDENT, 0, torch.float32), args=TrainingArguments(**common))
+        out["plain"] = Trainer(model=build_model(STUDENT, vocab, SEQ, 0), args=TrainingArguments(**common))
     if which in ("kd", "all"):
-        teacher = build(vocab, TEACHER, 1, torch.float32)
-        args = SALTConfig(**common, kd_weight=0.5, kd_steps=10**6, kd_compile=COMPILE)
-        out["kd"] = SALTTrainer(model=build(vocab, STUDENT, 0, torch.float32), teacher_model=teacher, args=args)
+        args = SALTConfig(**common, kd_weight=0.5, kd_steps=10**6, kd_compile=compile_kd)
+        student = build_model(STUDENT, vocab, SEQ, 0)
+        out["kd"] = SALTTrainer(model=student, teacher_model=build_model(TEACHER, vocab, SEQ, 1), args=args)
     for trainer in out.values():
         # prepare() puts the model on its device and, for bf16, wraps its forward in autocast as train() would
         trainer.model = trainer.accelerator.prepare(trainer.model.to(trainer.args.device))
         trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
-        if isinstance(trainer, SALTTrainer):
-            trainer._resolve_kd_steps(10**6)
-            trainer._ensure_teacher()
-    return out
+        if isinstance(trainer, SALTTrainer):  # what train() does before its first KD step
+            trainer.resolve_kd_steps(10**6)
+            teacher = trainer.teacher.place(trainer.accelerator, trainer.args)
+    return out, teacher
 
 
 def batch(vocab: int, device) -> dict:
@@ -83,24 +74,9 @@ def step(trainer, inputs) -> None:
     trainer.optimizer.zero_grad(set_to_none=True)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_all(vocab: int, device: str, dtype: str, steps: int) -> dict:
-    trainers = make_trainers(vocab, device, dtype, "all")
-    inputs = batch(vocab, trainers["plain"].args.device)
-    teacher = trainers["kd"].teacher_model
-
-    def teacher_forward():
-        with torch.no_grad(), trainers["kd"].accelerator.autocast():
-            return teacher(input_ids=inputs["input_ids"]).logits
-
-    variants = {"plain": lambda: step(trainers["plain"], inputs), "teacher_fwd": teacher_forward,
-                "kd": lambda: step(trainers["kd"], inputs)}  # fmt: skip
-    times = {k: [] for k in variants}
-    peaks = {}
+def measure(variants: dict, device: str, steps: int) -> tuple[dict, dict]:
+    """Median time per variant (interleaved, after two warm-up rounds) and, on CUDA, each one's peak memory (MiB)."""
+    times, peaks = {k: [] for k in variants}, {}
     for _ in range(2):  # warm-up
         for fn in variants.values():
             fn()
@@ -119,12 +95,28 @@ def time_all(vocab: int, device: str, dtype: str, steps: int) -> dict:
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, peaks
+
+
+def time_all(vocab: int, device: str, dtype: str, steps: int, compile_kd: bool) -> dict:
+    trainers, teacher = make_trainers(vocab, device, dtype, "all", compile_kd)
+    inputs = batch(vocab, trainers["plain"].args.device)
+
+    def teacher_forward():
+        with torch.no_grad(), trainers["kd"].accelerator.autocast():
+            return teacher(input_ids=inputs["input_ids"]).logits
+
+    variants = {
+        "plain": lambda: step(trainers["plain"], inputs),
+        "teacher_fwd": teacher_forward,
+        "kd": lambda: step(trainers["kd"], inputs),
+    }
+    med, peaks = measure(variants, device, steps)
     row = {
         "vocab": vocab,
         "device": device,
         "dtype": dtype,
-        "kd_compile": COMPILE,
+        "kd_compile": compile_kd,
         "steps": steps,
         "student_params": sum(p.numel() for p in trainers["plain"].model.parameters()),
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
@@ -147,7 +139,7 @@ def _status_mib(field: str) -> float:
     return int(line.split()[1]) / 1024  # kB
 
 
-def cpu_peak_child(vocab: int, which: str) -> dict:
+def cpu_peak_child(vocab: int, which: str, compile_kd: bool) -> dict:
     """
     Runs in a fresh process whose malloc returns freed memory at once (MALLOC_MMAP_THRESHOLD_ / TRIM_THRESHOLD_,
     set by the parent), so the resident set follows live tensors. The peak resident set of one step (reset through
@@ -157,7 +149,7 @@ def cpu_peak_child(vocab: int, which: str) -> dict:
     inputs = batch(vocab, "cpu")
     gc.collect()
     base = _status_mib("VmRSS")
-    trainers = make_trainers(vocab, "cpu", "fp32", which)
+    trainers, _ = make_trainers(vocab, "cpu", "fp32", which, compile_kd)
     for _ in range(2):
         step(trainers[which], inputs)
     gc.collect()
@@ -167,46 +159,54 @@ def cpu_peak_child(vocab: int, which: str) -> dict:
     return {"which": which, "peak_above_base_mib": _status_mib("VmHWM") - base}
 
 
+def cpu_peaks(vocab: int, compile_kd: bool) -> dict:
+    """Each variant's peak memory on CPU, measured in a fresh process (cpu_peak_child)."""
+    peaks = {}
+    for which in ("plain", "kd"):
+        cmd = [sys.executable, __file__, "--_child", str(vocab), which] + (["--compile"] if compile_kd else [])
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        peaks[f"peak_mib_{which}"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_above_base_mib"]
+    return {**peaks, "kd_peak_over_plain_peak": peaks["peak_mib_kd"] / peaks["peak_mib_plain"]}
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| vocab | plain step s | teacher fwd s | KD step s | KD / (plain + teacher) | KD peak / plain peak |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [r["plain_step_s"], r["teacher_forward_s"], r["kd_step_s"], r["kd_over_plain_plus_teacher"]]
+        cells.append(r["kd_peak_over_plain_peak"])
+        print(f"| {r['vocab']} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+
+
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--vocabs", default="8192,32768")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_cost.json"))
+    parser.add_argument("--out", default=str(RESULTS / "step_cost.json"))
     parser.add_argument("--compile", action="store_true", help="SALTConfig(kd_compile=True) for the KD step")
+    parser.add_argument("--summarise-only", action="store_true", help="measure nothing: print the table of --out")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.compile:
-        os.environ["SALT_KD_COMPILE"] = "1"
-        global COMPILE
-        COMPILE = True
     if args._child:
-        print(json.dumps(cpu_peak_child(int(args._child[0]), args._child[1])))
+        print(json.dumps(cpu_peak_child(int(args._child[0]), args._child[1], args.compile)))
         return
-
-    torch.set_num_threads(torch.get_num_threads())
+    if args.summarise_only:
+        print_table(json.loads(Path(args.out).read_text()))
+        return
     rows = []
     for vocab in [int(v) for v in args.vocabs.split(",")]:
         t0 = time.time()
-        row = time_all(vocab, args.device, args.dtype, args.steps)
+        row = time_all(vocab, args.device, args.dtype, args.steps, args.compile)
         if args.device == "cpu":
-            for which in ("plain", "kd"):
-                env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-                out = subprocess.run([sys.executable, __file__, "--_child", str(vocab), which], capture_output=True,
-                                     text=True, check=True, env=env)  # fmt: skip
-                row[f"peak_mib_{which}"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_above_base_mib"]
-            row["kd_peak_over_plain_peak"] = row["peak_mib_kd"] / row["peak_mib_plain"]
+            row.update(cpu_peaks(vocab, args.compile))
         row["wall_s"] = time.time() - t0
         rows.append(row)
         print(json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
-    print("| vocab | plain step s | teacher fwd s | KD step s | KD / (plain + teacher) | KD peak / plain peak |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['vocab']} | {r['plain_step_s']:.3f} | {r['teacher_forward_s']:.3f} | {r['kd_step_s']:.3f} | "
-              f"{r['kd_over_plain_plus_teacher']:.3f} | {r['kd_peak_over_plain_peak']:.3f} |")  # fmt: skip
+    write_json(Path(args.out), rows, indent=2)
+    print_table(rows)
 
 
 if __name__ == "__main__":

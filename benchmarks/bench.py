@@ -1,0 +1,289 @@
+"""The benchmarks' shared half: the recipe, a run's spec, building and training one run, and its typed result.
+
+The suite scripts (salt_benchmark.py, speedups_benchmark.py) declare their runs as `RunSpec`s, train each with
+`train_run` in worker processes, store every result as JSON, and summarise the stored JSON as a step of its own.
+step_cost.py and scoring_cost.py build their models here too. A script run as `python benchmarks/<script>.py` has
+this folder first on sys.path, so `import bench` needs no set-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+# Every run reads local files only (prepared corpora, saved teachers, tokenizers) and the GPU machines have no
+# network: never wait on the hub. It must be set before transformers is imported: here, and in the scripts, which
+# import this module ahead of datasets, transformers and salt_hf (isort sorts `bench` first).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from transformers import LlamaForCausalLM, TrainerCallback
+
+from salt_hf import SALTConfig, SALTTrainer
+from salt_hf.models import new_model_config
+
+HERE = Path(__file__).resolve().parent
+WORK, RESULTS = HERE / "work", HERE / "results"  # prepared corpora and run folders (not committed); raw JSON
+
+# ---- the recipe: the RESEARCH.md probe's regime (sequence 128, batch 16, AdamW 2e-3 cosine) -----------------------
+BATCH, LR, WARMUP, WEIGHT_DECAY = 16, 2e-3, 50, 0.01
+EVAL_ROWS, EVAL_BATCH, N_EVALS = 256, 64, 15  # held-out rows per half (dev, test); evaluations per run
+STUDENT, TEACHERS = "5m", {"1m": 2.0, "3m": 2.0}  # teacher size -> its steps as a multiple of the student's
+DEFAULT = dict(kd_weight=0.5, kd_ratio=0.2, kd_schedule="step", teacher="1m")  # SALT's default setting
+# The special-token ids in the models' configs, as every stored run was built; no padding id, so every embedding row
+# trains.
+TOKEN_IDS = SimpleNamespace(bos_token_id=0, eos_token_id=0, pad_token_id=None)
+
+
+@dataclass
+class RunSpec:
+    name: str
+    model: str = STUDENT
+    steps: int = 1500
+    seed: int = 0
+    teacher: str | None = None  # teacher size name, or None for plain training
+    kd_weight: float = 0.0
+    kd_ratio: float | None = None
+    kd_schedule: str = "step"
+    group: str = ""
+    extra: dict = field(default_factory=dict)  # more SALTConfig fields, applied last
+
+
+def teacher_dir(corpus: str, size: str) -> Path:
+    """Where the teacher run of `size` saves its model and the SALT runs load it from."""
+    return WORK / corpus / "teachers" / size
+
+
+def teacher_run(size: str, steps: int) -> RunSpec:
+    """The run that trains the teacher of `size` for a suite whose students train `steps` steps."""
+    return RunSpec(f"teacher_{size}", model=size, steps=int(steps * TEACHERS[size]), group="teacher")
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """One run, as stored in `<results>/<corpus>/runs/<name>.json` (the fields in the file's order)."""
+
+    spec: RunSpec
+    corpus: str
+    device: str
+    params: int
+    kd_steps: int
+    curve_step_test_dev: list  # [step, test loss, dev loss] at every evaluation
+    final_test_loss: float
+    final_dev_loss: float
+    train_wall_s: float  # SALT_DS's scoring included
+    scoring_s: float = 0.0  # SALT_DS's scoring before training (runs stored before SALT_DS lack the field)
+    selection: dict | None = None  # SALT_DS's selection summary
+    step_times_s: list[float]  # every optimizer step, evaluation excluded
+    median_kd_step_s: float | None
+    median_plain_step_s: float | None
+    train_log: list[dict]  # the Trainer's training-loss log entries
+
+    @classmethod
+    def load(cls, path: Path) -> RunResult:
+        stored = json.loads(path.read_text())
+        return cls(**{**stored, "spec": RunSpec(**stored["spec"])})
+
+    def save(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    def time_to_step(self, step: int | None) -> float | None:
+        """Training time up to `step`, plus SALT_DS's scoring before training (the selection's cost)."""
+        return None if step is None else self.scoring_s + sum(self.step_times_s[:step])
+
+
+def load_runs(folder: Path) -> dict[str, RunResult]:
+    # directory order, as the stored summaries list their runs
+    return {p.stem: RunResult.load(p) for p in folder.glob("*.json")}
+
+
+def write_json(path: Path, obj, indent: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
+# ---- one run (in a worker process) ------------------------------------------------------------------------------
+
+
+class Rows(torch.utils.data.Dataset):
+    """Packed token rows as causal-LM examples (the model shifts the labels)."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self):
+        return self.rows.shape[0]
+
+    def __getitem__(self, i):
+        ids = self.rows[i].long()
+        return {"input_ids": ids, "labels": ids}
+
+
+def load_corpus(corpus: str) -> tuple[dict, Rows, dict[str, Rows]]:
+    """A corpus prepared by prepare_corpora.py: its info, training rows, and the two halves of its validation rows
+    (documents no run trains on): `dev` picks the best setting, `test` gives every number reported."""
+    work = WORK / corpus
+    val = torch.load(work / "validation.pt")[: 2 * EVAL_ROWS]
+    evals = {"dev": Rows(val[0::2]), "test": Rows(val[1::2])}
+    return json.loads((work / "info.json").read_text()), Rows(torch.load(work / "train.pt")), evals
+
+
+def build_model(size: str, vocab: int, seq: int, seed: int):
+    """A new Llama of a named size (`salt_hf.models.MODEL_SIZES`, embeddings tied), initialised from `seed`."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(new_model_config(size, vocab, seq, TOKEN_IDS))
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer(TrainerCallback):
+    """Records the wall-clock of every optimizer step, training only (evaluation excluded)."""
+
+    def __init__(self, device: str):
+        self.device, self.times, self._t0 = device, [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync(self.device)
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def recipe_args(spec: RunSpec, device: str, output_dir: Path) -> SALTConfig:
+    """The benchmark's SALTConfig for one run: the recipe above, the run's SALT fields, then `spec.extra`."""
+    every = max(1, spec.steps // N_EVALS)
+    recipe = dict(
+        output_dir=str(output_dir),
+        max_steps=spec.steps,
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=EVAL_BATCH,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        warmup_steps=WARMUP,
+        weight_decay=WEIGHT_DECAY,
+        eval_strategy="steps",
+        eval_steps=every,
+        logging_steps=every,
+        save_strategy="no",
+        report_to="none",
+        seed=spec.seed,
+        data_seed=spec.seed,  # the same data order for the same seed in every run
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        kd_weight=spec.kd_weight if spec.teacher else 0.0,
+        kd_ratio=spec.kd_ratio,
+        kd_schedule=spec.kd_schedule,
+    )
+    return SALTConfig(**{**recipe, **spec.extra})
+
+
+def eval_curve(log_history: list[dict]) -> list[tuple[int, float, float]]:
+    """(step, test loss, dev loss) per evaluation; the two eval sets are logged as two entries per evaluation."""
+    by_step: dict[int, dict] = {}
+    for h in log_history:
+        by_step.setdefault(h["step"], {}).update(h)
+    return [
+        (step, h["eval_test_loss"], h["eval_dev_loss"])
+        for step, h in sorted(by_step.items())
+        if "eval_test_loss" in h and "eval_dev_loss" in h
+    ]
+
+
+def train_run(
+    spec: RunSpec, corpus: str, device: str, run_dir: Path, save_to: Path | None = None, threads: int | None = None
+) -> RunResult:
+    """Trains one run with the recipe; the baseline is SALTTrainer without a teacher, which trains as Trainer does.
+    `save_to` keeps the final model; `threads` caps the CPU threads (runs that share the cores side by side)."""
+    if threads:
+        torch.set_num_threads(threads)
+    info, train_rows, evals = load_corpus(corpus)
+    if spec.extra.get("kd_data_selection"):  # one score cache per corpus, shared by the SALT_DS runs
+        spec.extra.setdefault("kd_select_cache_dir", str(WORK / corpus / "scores"))
+    args = recipe_args(spec, device, run_dir)
+    model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
+    timer = StepTimer(device)
+    trainer = SALTTrainer(
+        model=model,
+        teacher_model=str(teacher_dir(corpus, spec.teacher)) if spec.teacher else None,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=evals,
+        callbacks=[timer],
+    )
+    t0 = time.time()
+    scoring_s, selection = 0.0, None
+    if args.kd_data_selection:  # SALT_DS: score (or read the cached scores) first, timed apart from training
+        selection = trainer.prepare_kd_selection()
+        scoring_s = time.time() - t0
+    trainer.train()
+    wall = time.time() - t0
+    if save_to is not None:
+        trainer.save_model(str(save_to))
+    kd_steps, times = trainer.kd_steps if spec.teacher else 0, timer.times
+    curve = eval_curve(trainer.state.log_history)
+    print(f"{spec.name}: test {curve[-1][1]:.4f} wall {wall:.0f}s", flush=True)
+    return RunResult(
+        spec=spec,
+        corpus=corpus,
+        device=device,
+        params=sum(p.numel() for p in model.parameters()),
+        kd_steps=kd_steps,
+        curve_step_test_dev=curve,
+        final_test_loss=curve[-1][1],
+        final_dev_loss=curve[-1][2],
+        train_wall_s=wall,
+        scoring_s=scoring_s,
+        selection=selection.summary if selection else None,
+        step_times_s=times,
+        median_kd_step_s=statistics.median(times[:kd_steps]) if kd_steps else None,
+        median_plain_step_s=statistics.median(times[kd_steps:]) if kd_steps < len(times) else None,
+        train_log=[h for h in trainer.state.log_history if "loss" in h],
+    )
+
+
+def in_workers(train: Callable[[RunSpec], object], specs: list[RunSpec], workers: int) -> list:
+    """`train(spec)` for every spec, `workers` at a time, each in a spawned process (CUDA does not survive fork)."""
+    with ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(train, specs))
+
+
+# ---- summaries over the stored runs -------------------------------------------------------------------------------
+
+
+def first_step_at_or_below(curve, target: float, col: int = 1) -> int | None:
+    return next((row[0] for row in curve if row[col] <= target), None)
+
+
+def seed_stats(values: list, reached: bool = False) -> dict:
+    """Mean and standard deviation over the seeds with a value (None: the target was not reached), and the values;
+    `reached` adds how many seeds have one."""
+    vals = [v for v in values if v is not None]
+    stats = {
+        "mean": statistics.mean(vals) if vals else None,
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
+    }
+    if reached:
+        stats["reached"] = f"{len(vals)}/{len(values)}"
+    return {**stats, "seeds": values}
+
+
+def invocation_figures(summary_path: Path, figures: dict, summarise_only: bool) -> dict:
+    """`figures` about this invocation (suite wall-clock, device, workers, ...), or, when it only summarises, the
+    same keys as the invocation that trained wrote them into the summary at `summary_path`."""
+    if not summarise_only:
+        return figures
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {k: previous[k] for k in figures if k in previous}
