@@ -12,13 +12,20 @@ import pytest
 from conftest import STDLIB, make_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from salt_hf import SALTConfig
+from salt_hf import SALTConfig, SALTTrainer
+from salt_hf.cli import args as args_cli
 from salt_hf.cli import demo as demo_cli
 from salt_hf.cli import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "num_key_value_heads": 2, "max_position_embeddings": 64}  # fmt: skip
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 TINY_TEACHER = {**TINY, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
 
 
@@ -199,13 +206,104 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err and snapshot(out) == before
 
 
+@pytest.mark.parametrize("flag", ["teacher_model_name_or_path", "model_name_or_path", "tokenizer_name_or_path"])
+def test_missing_model_folder_is_a_one_line_error(tmp_path, capsys, flag):
+    missing = tmp_path / "no_such_model"
+    out = tmp_path / "out"
+    assert train_cli.main(quick_args(tmp_path, **{flag: str(missing)})) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("salt-train: error:")]
+    assert f"--{flag} {missing}: no such folder" in line
+    assert not out.exists() and not missing.exists()
+
+
+def test_hub_id_offline_and_not_cached_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_cli.main(quick_args(tmp_path, teacher_model_name_or_path="someone/no-such-model")) == 2
+    err = capsys.readouterr().err
+    assert "--teacher_model_name_or_path someone/no-such-model: no such folder, and the hub is offline" in err
+    assert not out.exists()
+
+
+def test_hub_ids_are_left_to_from_pretrained_when_online(monkeypatch, tmp_path):
+    monkeypatch.setattr(args_cli, "is_offline_mode", lambda: False)
+    for hub_id in ("gpt2", "someone/some-model"):
+        args_cli.check_model_source("--model_name_or_path", hub_id)
+    args_cli.check_model_source("--model_name_or_path", str(tmp_path))  # an existing folder
+    for path in ("./ckpt", "/no/such/ckpt", "~/ckpt", "runs/salt/final"):
+        with pytest.raises(args_cli.InputError, match="no such folder"):
+            args_cli.check_model_source("--model_name_or_path", path)
+
+
+def test_a_bug_below_the_cli_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """A ValueError deep in training is a bug, not bad input: it propagates, and no "error:" line hides it."""
+
+    def broken_compute_loss(self, *args, **kwargs):
+        raise ValueError("injected")
+
+    monkeypatch.setattr(SALTTrainer, "compute_loss", broken_compute_loss)
+    with pytest.raises(ValueError, match="injected") as info:
+        train_cli.main(quick_args(tmp_path))
+    assert type(info.value) is ValueError
+    assert any(entry.name == "broken_compute_loss" for entry in info.traceback)
+    assert "salt-train: error" not in capsys.readouterr().err
+
+
+def test_a_bug_below_the_cli_exits_non_zero_with_the_traceback(tmp_path):
+    code = (
+        "import sys\n"
+        "from salt_hf import SALTTrainer\n"
+        "from salt_hf.cli.train import main\n"
+        "def broken(self, *args, **kwargs):\n"
+        "    raise ValueError('injected')\n"
+        "SALTTrainer.compute_loss = broken\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *quick_args(tmp_path, max_steps=1)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ValueError: injected" in proc.stderr
+    assert "salt-train: error" not in proc.stderr
+
+
+def test_model_card_holds_the_salt_settings(tmp_path, tokenizer):
+    student_dir, teacher_dir = saved_pair(tmp_path, tokenizer)
+    extra = {"model_name_or_path": student_dir, "teacher_model_name_or_path": teacher_dir, "kd_steps": 2}
+    assert train_cli.main(quick_args(tmp_path, data_files=text_file(tmp_path), **extra)) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "generated_from_trainer" in card and "- salt" in card  # Trainer.create_model_card's card, our tags
+    section = card[card.index("## SALT") :]
+    for row in (
+        f"| teacher | {teacher_dir} |",
+        "| kd_weight (w) | 0.5 |",
+        "| kd_schedule | step |",
+        "| kd_steps (n_KD) | 2 |",
+        "| KD stage ended at step | 2 |",
+    ):
+        assert row in section, (row, section)
+
+
 def test_teacher_larger_than_student_warns(tmp_path, tokenizer, caplog):
     student_dir, _ = saved_pair(tmp_path, tokenizer)
     big = tmp_path / "big_teacher"
     make_llama(len(tokenizer), 64, 3, seed=2).save_pretrained(big)
     tokenizer.save_pretrained(big)
-    args = quick_args(tmp_path, model_name_or_path=student_dir, data_files=text_file(tmp_path),
-                      teacher_model_name_or_path=str(big), kd_steps=1, max_steps=1)  # fmt: skip
+    args = quick_args(
+        tmp_path,
+        model_name_or_path=student_dir,
+        data_files=text_file(tmp_path),
+        teacher_model_name_or_path=str(big),
+        kd_steps=1,
+        max_steps=1,
+    )
     with caplog.at_level("WARNING"):
         assert train_cli.main(args) == 0
     assert "ordinary knowledge distillation" in caplog.text
@@ -222,9 +320,21 @@ def test_resume_from_cli_checkpoint(tmp_path):
 
 def test_accelerate_launch_train_py(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train.py"),
-           *quick_args(tmp_path, max_steps=2)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "train.py"),
+        *quick_args(tmp_path, max_steps=2),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 2
@@ -233,9 +343,16 @@ def test_accelerate_launch_train_py(tmp_path):
 @pytest.mark.parametrize("selection", [False, True], ids=["salt", "salt_ds"])
 def test_demo_writes_table_plot_and_summary(tmp_path, capsys, selection):
     teacher_json = write_json(tmp_path / "tiny_teacher.json", TINY_TEACHER)
-    args = quick_args(tmp_path, teacher_config=teacher_json, teacher_max_steps=4, kd_ratio=0.5, learning_rate=0.01,
-                      kd_data_selection=str(selection).lower(), kd_select_top_k=256,
-                      kd_select_cache_dir=str(tmp_path / "scores"))  # fmt: skip
+    args = quick_args(
+        tmp_path,
+        teacher_config=teacher_json,
+        teacher_max_steps=4,
+        kd_ratio=0.5,
+        learning_rate=0.01,
+        kd_data_selection=str(selection).lower(),
+        kd_select_top_k=256,
+        kd_select_cache_dir=str(tmp_path / "scores"),
+    )
     assert demo_cli.main(["--config", str(ROOT / "configs" / "demo.yaml"), *args]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
@@ -264,9 +381,16 @@ def test_gpt2_config_and_streaming_local_files(tmp_path):
 
 def test_kd_data_selection_from_the_cli_scores_then_reuses_the_cache(tmp_path, tokenizer, caplog):
     student_dir, teacher_dir = saved_pair(tmp_path, tokenizer)
-    extra = {"model_name_or_path": student_dir, "teacher_model_name_or_path": teacher_dir,
-             "data_files": text_file(tmp_path), "kd_steps": 2, "kd_data_selection": "true", "kd_select_top_k": 128,
-             "kd_select_fraction": 0.3, "kd_select_cache_dir": str(tmp_path / "scores")}  # fmt: skip
+    extra = {
+        "model_name_or_path": student_dir,
+        "teacher_model_name_or_path": teacher_dir,
+        "data_files": text_file(tmp_path),
+        "kd_steps": 2,
+        "kd_data_selection": "true",
+        "kd_select_top_k": 128,
+        "kd_select_fraction": 0.3,
+        "kd_select_cache_dir": str(tmp_path / "scores"),
+    }
     with caplog.at_level("INFO", logger="salt_hf"):
         assert train_cli.main(quick_args(tmp_path, "a", **extra)) == 0
     assert "SALT_DS: scoring" in caplog.text and "SALT_DS selection" in caplog.text

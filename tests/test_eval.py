@@ -12,7 +12,7 @@ from conftest import make_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from salt_hf.cli.eval import main as salt_eval
-from salt_hf.evaluation import LASTWORD_TASK, lastword_passages, write_lastword_task
+from salt_hf.evaluation import LASTWORD_TASK, lastword_passages, next_token_windows, write_lastword_task
 
 # ---- cutting passages ----------------------------------------------------------------------------------------------
 
@@ -122,9 +122,22 @@ def _naive_scores(path, passages):
 def test_salt_eval_matches_a_direct_computation(checkpoint, heldout, tmp_path):
     root, scored = heldout
     out = tmp_path / "lastword.json"
-    args = ["--model_name_or_path", str(checkpoint), "--lastword_text", str(root), "--lastword_min_words", "10",
-            "--lastword_max_words", "25", "--lastword_max_passages", "40", "--num_fewshot", "0",
-            "--output_file", str(out)]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        str(checkpoint),
+        "--lastword_text",
+        str(root),
+        "--lastword_min_words",
+        "10",
+        "--lastword_max_words",
+        "25",
+        "--lastword_max_passages",
+        "40",
+        "--num_fewshot",
+        "0",
+        "--output_file",
+        str(out),
+    ]
     assert salt_eval(args) == 0
     report = json.loads(out.read_text())
     res = report["results"][LASTWORD_TASK]
@@ -158,3 +171,49 @@ def test_salt_eval_bad_input_is_refused_with_a_fix(checkpoint, tmp_path, capsys,
 def test_salt_eval_refuses_a_folder_without_a_model(tmp_path, capsys):
     assert salt_eval(["--model_name_or_path", str(tmp_path), "--tasks", LASTWORD_TASK]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_salt_eval_next_token_metrics_match_a_direct_computation(checkpoint, heldout, tmp_path):
+    root, _ = heldout
+    out = tmp_path / "report.json"
+    args = [
+        "--model_name_or_path",
+        str(checkpoint),
+        "--lastword_text",
+        str(root),
+        "--lastword_min_words",
+        "10",
+        "--lastword_max_words",
+        "25",
+        "--lastword_max_passages",
+        "40",
+        "--num_fewshot",
+        "0",
+        "--next_token_seq_length",
+        "128",
+        "--output_file",
+        str(out),
+    ]
+    assert salt_eval(args) == 0
+    got = json.loads(out.read_text())["next_token"]
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    windows = next_token_windows([p.read_text() for p in sorted(root.rglob("*.txt"))], tok, 128)
+    assert all(2 <= len(w) <= 128 for w in windows) and any(len(w) < 128 for w in windows)
+    correct, nll, tokens = 0, 0.0, 0
+    for w in windows:  # one window at a time, unpadded
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([w])).logits[0, :-1].double(), dim=-1)
+        following = torch.tensor(w[1:])
+        correct += int((logp.argmax(-1) == following).sum())
+        nll -= float(logp.gather(-1, following[:, None]).sum())
+        tokens += len(w) - 1
+    assert got["tokens"] == tokens and got["windows"] == len(windows)
+    assert got["accuracy"] == pytest.approx(correct / tokens, abs=2 / tokens)  # a near-tie may flip in a batch
+    assert got["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+
+
+def test_salt_eval_refuses_a_missing_model_folder(tmp_path, capsys):
+    missing = tmp_path / "no_such_checkpoint"
+    assert salt_eval(["--model_name_or_path", str(missing), "--tasks", LASTWORD_TASK]) == 2
+    assert f"--model_name_or_path {missing}: no such folder" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Downstream evaluation through lm-evaluation-harness (the optional extra `salt_hf[eval]`).
 
-Two things live here:
+Three things live here:
 
 - an offline LAMBADA-style task, `salt_lastword`: passages cut from any held-out prose, each ending in a word the
   model must predict from what came before. Like LAMBADA, the word is a content word and (by default) occurs
@@ -8,9 +8,11 @@ Two things live here:
   `lastword_passages` cuts the passages, `write_lastword_task` writes them with a harness task YAML.
 - `evaluate_checkpoint`, which runs the harness's own `simple_evaluate` on a `save_pretrained` checkpoint, for our
   local task or any of the harness's standard tasks (those need their datasets in the local Hugging Face cache
-  when the hub is out of reach).
+  when the hub is out of reach);
+- `next_token_metrics`: next-token accuracy and perplexity of a checkpoint on held-out text, with the evaluate
+  modules of `salt_hf.metrics`.
 
-The `salt-eval` command (salt_hf.cli.eval) is the command-line face of both.
+The `salt-eval` command is the command-line face of all three.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def write_lastword_task(
             "data_files": {
                 "test": str((task_dir / "test.jsonl").resolve()),
                 "fewshot": str((task_dir / "fewshot.jsonl").resolve()),
-            }  # fmt: skip
+            }
         },
         "output_type": "loglikelihood",
         "test_split": "test",
@@ -156,6 +158,21 @@ def require_lm_eval():
     return lm_eval
 
 
+def task_manager_for(tasks: list[str], include_path: str | Path | None = None):
+    """The harness's `TaskManager` over its own tasks and those in `include_path`; `ValueError` for an unknown task."""
+    require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in task_manager.all_tasks]
+    if unknown:
+        raise ValueError(
+            f"unknown lm-evaluation-harness task(s) {unknown}: see `lm-eval ls tasks`, or build the local last-word"
+            " task with --lastword_text"
+        )
+    return task_manager
+
+
 def evaluate_checkpoint(
     model_path: str,
     tasks: list[str],
@@ -167,24 +184,20 @@ def evaluate_checkpoint(
     limit: int | float | None = None,
     dtype: str = "float32",
     seed: int = 0,
+    task_manager=None,
 ) -> dict:
     """Runs lm-evaluation-harness's `simple_evaluate` with its Hugging Face backend on one checkpoint.
 
     `model_path`: a `save_pretrained` folder (or a hub id when online); `tokenizer` defaults to the same folder;
-    `include_path`: a folder of extra task YAMLs (e.g. from `write_lastword_task`). Returns the harness's
-    `results` entry (task -> metric -> value) with the harness's configs under `"configs"`.
+    `include_path`: a folder of extra task YAMLs (e.g. from `write_lastword_task`); `task_manager`: one from
+    `task_manager_for` (built here from `include_path` by default). Returns the harness's `results` entry
+    (task -> metric -> value) with the harness's configs under `"configs"`.
     """
     require_lm_eval()
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=str(include_path) if include_path else None)
-    unknown = [t for t in tasks if t not in task_manager.all_tasks]
-    if unknown:
-        raise ValueError(
-            f"unknown lm-evaluation-harness task(s) {unknown}: see `lm-eval ls tasks`, or build the local last-word"
-            " task with --lastword_text"
-        )
+    if task_manager is None:
+        task_manager = task_manager_for(tasks, include_path)
     out = simple_evaluate(
         model="hf",
         model_args={"pretrained": model_path, "tokenizer": tokenizer or model_path, "dtype": dtype},
@@ -201,3 +214,52 @@ def evaluate_checkpoint(
         fewshot_random_seed=seed,
     )
     return {"results": out["results"], "n_samples": out.get("n-samples"), "configs": out.get("configs")}
+
+
+def next_token_windows(texts: Iterable[str], tokenizer, seq_length: int) -> list[list[int]]:
+    """Each text tokenised on its own and cut into consecutive windows of at most `seq_length` tokens (windows of
+    one token, with nothing to predict, are dropped)."""
+    windows = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        windows.extend(ids[i : i + seq_length] for i in range(0, len(ids), seq_length))
+    return [w for w in windows if len(w) >= 2]
+
+
+def next_token_metrics(
+    model_path: str,
+    texts: Iterable[str],
+    seq_length: int,
+    tokenizer: str | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """Next-token accuracy and perplexity of a checkpoint on `texts` (the evaluate modules of `salt_hf.metrics`).
+
+    Every token of a window but its first is scored from the tokens before it in the window (`next_token_windows`).
+    Returns `{"accuracy": ..., "perplexity": ..., "tokens": <scored tokens>, "windows": <windows>}`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .metrics import IGNORE_INDEX, load_metrics, next_token_inputs, preprocess_logits_for_metrics
+
+    windows = next_token_windows(texts, AutoTokenizer.from_pretrained(tokenizer or model_path), seq_length)
+    if not windows:
+        raise ValueError("the texts hold no window of two or more tokens: nothing to score")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
+    metrics = load_metrics(keep_in_memory=True)
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        width = max(map(len, batch))
+        # right padding: a padded position is masked out of attention and has no label
+        labels = torch.tensor([w + [IGNORE_INDEX] * (width - len(w)) for w in batch])
+        with torch.no_grad():
+            logits = model(
+                input_ids=labels.clamp(min=0).to(device), attention_mask=(labels >= 0).long().to(device)
+            ).logits
+        top, label_log_probs = preprocess_logits_for_metrics(logits, labels.to(device))
+        metrics.add_batch(**next_token_inputs(top.cpu().numpy(), label_log_probs.cpu().numpy(), labels.numpy()))
+    tokens = sum(len(w) - 1 for w in windows)
+    return {**metrics.compute(), "tokens": tokens, "windows": len(windows)}

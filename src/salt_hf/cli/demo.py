@@ -18,17 +18,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .train import (
+from .args import (
     ARG_CLASSES,
     DataArguments,
     InputError,
     ModelArguments,
     RunArguments,
-    _corpus_texts,
+    as_input_error,
     check_output_dir,
     parse_args,
-    run,
 )
+from .train import corpus_texts, run
 
 
 @dataclass
@@ -97,8 +97,8 @@ def print_table(summary: dict) -> None:
         reach = "-" if name == "teacher" else (r["steps_to_baseline_final"] or "not reached")
         if name != "teacher" and r["steps_to_target_ratio"] is not None:
             reach = f"{reach} ({r['steps_to_target_ratio']:.2f})"
-        print(f"{name:<10}{r['eval_loss']:>10.4f}{r['perplexity']:>9.2f}{(r['accuracy'] or 0):>8.3f}"
-              f"{r['train_runtime_s']:>9.1f}{reach:>26}")  # fmt: skip
+        losses = f"{r['eval_loss']:>10.4f}{r['perplexity']:>9.2f}{(r['accuracy'] or 0):>8.3f}"
+        print(f"{name:<10}{losses}{r['train_runtime_s']:>9.1f}{reach:>26}")
     print()
 
 
@@ -106,26 +106,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, training_args, run_args, demo_args = parse_args(argv, (*ARG_CLASSES, DemoArguments))
         return run_demo(model_args, data_args, training_args, run_args, demo_args)
-    except (InputError, ValueError, FileNotFoundError) as err:
+    except InputError as err:  # anything else is a bug and keeps its traceback
         print(f"salt-demo: error: {err}", file=sys.stderr)
         return 2
 
 
-def run_demo(model_args: ModelArguments, data_args: DataArguments, training_args, run_args: RunArguments,
-             demo_args: DemoArguments) -> int:  # fmt: skip
+def run_demo(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args,
+    run_args: RunArguments,
+    demo_args: DemoArguments,
+) -> int:
     from ..data import builtin_corpus, train_bpe_tokenizer
 
     root = training_args.output_dir
     check_output_dir(training_args, run_args)
-    os.makedirs(root, exist_ok=True)
 
     # 1) one tokenizer for teacher and student (token-level KD needs the same token ids)
-    corpus = builtin_corpus(validation_fraction=data_args.validation_fraction, max_bytes=data_args.max_corpus_bytes)
-    tokenizer = train_bpe_tokenizer(
-        _corpus_texts(corpus["train"], "text"),
-        vocab_size=model_args.tokenizer_vocab_size,
-        save_dir=os.path.join(root, "tokenizer"),
-    )
+    with as_input_error(ValueError):
+        corpus = builtin_corpus(
+            validation_fraction=data_args.validation_fraction, max_bytes=data_args.max_corpus_bytes
+        )
+        os.makedirs(root, exist_ok=True)
+        tokenizer = train_bpe_tokenizer(
+            corpus_texts(corpus["train"], "text"),
+            vocab_size=model_args.tokenizer_vocab_size,
+            save_dir=os.path.join(root, "tokenizer"),
+        )
 
     def args_for(name: str, **changes):
         return dataclasses.replace(training_args, output_dir=os.path.join(root, name), **changes)
@@ -150,30 +158,38 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, training_args
         tokenizer=tokenizer,
     )
     # 3) the student twice, same seed and data order: plain, then SALT with the teacher above
-    results["baseline"] = run(
-        model_args, data_args,
-        args_for("baseline", kd_weight=0.0, teacher_model_name_or_path=None, kd_data_selection=False), run_args,
-        tokenizer=tokenizer,
-    )  # fmt: skip
-    results["salt"] = run(
-        model_args, data_args, args_for("salt", teacher_model_name_or_path=os.path.join(root, "teacher")), run_args,
-        tokenizer=tokenizer,
-    )  # fmt: skip
+    baseline_args = args_for("baseline", kd_weight=0.0, teacher_model_name_or_path=None, kd_data_selection=False)
+    results["baseline"] = run(model_args, data_args, baseline_args, run_args, tokenizer=tokenizer)
+    salt_args = args_for("salt", teacher_model_name_or_path=os.path.join(root, "teacher"))
+    results["salt"] = run(model_args, data_args, salt_args, run_args, tokenizer=tokenizer)
 
     # 4) report
+    write_report(results, model_args, data_args, training_args, demo_args)
+    return 0
+
+
+def write_report(
+    results: dict, model_args: ModelArguments, data_args: DataArguments, training_args, demo_args
+) -> None:
+    """`summary.json` and `curves.png` in the demo's output folder, and the table on stdout."""
+    root = training_args.output_dir
     kd_steps = results["salt"]["trainer"].kd_steps
     summary = summarise(results, kd_steps)
-    summary["config"] = {"student": model_args.model_config, "teacher": demo_args.teacher_config,
-                         "kd_weight": training_args.kd_weight, "kd_schedule": training_args.kd_schedule,
-                         "kd_data_selection": training_args.kd_data_selection,
-                         "max_steps": training_args.max_steps, "seq_length": data_args.seq_length}  # fmt: skip
+    summary["config"] = {
+        "student": model_args.model_config,
+        "teacher": demo_args.teacher_config,
+        "kd_weight": training_args.kd_weight,
+        "kd_schedule": training_args.kd_schedule,
+        "kd_data_selection": training_args.kd_data_selection,
+        "max_steps": training_args.max_steps,
+        "seq_length": data_args.seq_length,
+    }
     Path(root, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     curves = {name: summary["runs"][name]["curve"] for name in ("baseline", "salt")}
     title = f"{model_args.model_config} student, {demo_args.teacher_config} teacher, n_KD = {kd_steps}"
     plot_curves(curves, os.path.join(root, "curves.png"), title)
     print_table(summary)
     print(f"Wrote {root}/summary.json and {root}/curves.png")
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@
     # the harness's standard tasks (their datasets must be in the local Hugging Face cache when offline)
     salt-eval --model_name_or_path runs/salt --tasks lambada_openai,hellaswag --num_fewshot 0 --device cuda
 
+    # next-token accuracy and perplexity on the same held-out files, beside the harness's results
+    salt-eval --model_name_or_path runs/salt --lastword_text heldout/*.txt --next_token_seq_length 256
+
 Flags may also come from `--config file.yaml`, as for salt-train. Writes one JSON with the harness's results per
-task and the arguments that produced them; an existing output file is never overwritten.
+task (and the next-token metrics) and the arguments that produced them; an existing output file is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from salt_hf.cli.train import InputError, parse_args
-from salt_hf.evaluation import (
+from ..evaluation import (
     LASTWORD_TASK,
     evaluate_checkpoint,
     lastword_passages,
+    next_token_metrics,
     require_lm_eval,
+    task_manager_for,
     write_lastword_task,
 )
+from .args import InputError, as_input_error, check_model_source, parse_args
 
 
 @dataclass
@@ -44,6 +50,13 @@ class EvalArguments:
     lastword_min_words: int = field(default=30, metadata={"help": "Shortest passage, in words."})
     lastword_max_words: int = field(
         default=70, metadata={"help": "Longest passage, in words (keep contexts within the model's window)."}
+    )
+    next_token_seq_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Also score next-token accuracy and perplexity on the --lastword_text files, in windows of "
+            "this many tokens."
+        },
     )
     include_path: str | None = field(default=None, metadata={"help": "A folder of your own harness task YAMLs."})
     num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per prompt (task default)."})
@@ -71,6 +84,8 @@ def _text_files(paths: list[str]) -> list[Path]:
 
 def check(args: EvalArguments) -> None:
     """Every check that can fail, before the harness loads anything."""
+    check_model_source("--model_name_or_path", args.model_name_or_path)
+    check_model_source("--tokenizer_name_or_path", args.tokenizer_name_or_path)
     model = Path(args.model_name_or_path)
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not (model / "config.json").is_file():
         raise InputError(
@@ -83,27 +98,31 @@ def check(args: EvalArguments) -> None:
         raise InputError(f"--output_file {args.output_file} exists; nothing was changed. Choose another path.")
     if args.lastword_min_words < 2 or args.lastword_max_words < args.lastword_min_words:
         raise InputError("need 2 <= --lastword_min_words <= --lastword_max_words.")
-    require_lm_eval()
+    if args.next_token_seq_length is not None and (args.next_token_seq_length < 2 or not args.lastword_text):
+        raise InputError("--next_token_seq_length needs at least 2 tokens per window and --lastword_text files.")
+    with as_input_error(ImportError):
+        require_lm_eval()
 
 
 def run(args: EvalArguments) -> dict:
     check(args)
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    files = _text_files(args.lastword_text) if args.lastword_text else []
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
     with tempfile.TemporaryDirectory(prefix="salt_eval_") as tmp:
         include = [args.include_path] if args.include_path else []
-        if args.lastword_text:
-            texts = [f.read_text(encoding="utf-8", errors="replace") for f in _text_files(args.lastword_text)]
+        if texts:
             passages = lastword_passages(texts, min_words=args.lastword_min_words, max_words=args.lastword_max_words)
-            try:
+            with as_input_error(ValueError):
                 write_lastword_task(passages, tmp, max_passages=args.lastword_max_passages, seed=args.seed)
-            except ValueError as e:
-                raise InputError(str(e)) from e
             include.append(tmp)
             if LASTWORD_TASK not in tasks:
                 tasks.append(LASTWORD_TASK)
         if len(include) > 1:  # the harness takes one include folder: gather the user's YAMLs beside ours
             for y in Path(include[0]).glob("*.yaml"):
                 (Path(tmp) / y.name).write_text(y.read_text())
+        with as_input_error(ValueError):
+            task_manager = task_manager_for(tasks, include[-1] if include else None)
         results = evaluate_checkpoint(
             args.model_name_or_path,
             tasks,
@@ -115,22 +134,41 @@ def run(args: EvalArguments) -> dict:
             limit=int(args.limit) if args.limit and args.limit >= 1 else args.limit,
             dtype=args.dtype,
             seed=args.seed,
+            task_manager=task_manager,
         )
     report = {"arguments": asdict(args), "results": results["results"], "n_samples": results["n_samples"]}
-    for task, metrics in results["results"].items():
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k)
-        print(f"{task}: {shown}")
+    if args.next_token_seq_length is not None:
+        # the texts gave the last-word task its passages, so they hold windows to score
+        report["next_token"] = next_token_metrics(
+            args.model_name_or_path,
+            texts,
+            args.next_token_seq_length,
+            tokenizer=args.tokenizer_name_or_path,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    print_report(report)
     if args.output_file:
         Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_file).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
+def print_report(report: dict) -> None:
+    lines = dict(report["results"])
+    if "next_token" in report:
+        lines["next_token"] = report["next_token"]
+    for task, metrics in lines.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k)
+        print(f"{task}: {shown}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         (args,) = parse_args(argv, classes=(EvalArguments,))
         run(args)
-    except (InputError, ValueError, ImportError) as err:
+    except InputError as err:  # anything else is a bug and keeps its traceback
         print(f"salt-eval: error: {err}", file=sys.stderr)
         return 2
     return 0
