@@ -1,26 +1,28 @@
-"""Shared fixtures: a real byte-level BPE tokenizer trained on real text, tiny Llama students and teachers."""
+"""
+Shared fixtures: a real byte-level BPE tokenizer trained on real text, tiny Llama students and teachers. The plain
+helpers the tests share are in fixtures.py.
+
+The environment of the whole suite is set here, once, before any test module imports transformers or datasets (which
+read it at import); `make test` exports the same through the Makefile, and subprocesses inherit it.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests build every model and tokenizer they use: the hub is never reached.
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # datasets reads its cache location at import: keep the suite's Arrow caches out of the user's cache.
-import tempfile  # noqa: E402
-
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="salt_hf_tests_datasets_"))
 
-import sysconfig  # noqa: E402
-from pathlib import Path  # noqa: E402
+import pytest
+import torch
+from fixtures import STDLIB, make_llama
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from salt_hf.data import train_bpe_tokenizer
 
-from salt_hf.data import train_bpe_tokenizer  # noqa: E402
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # A handful of real stdlib modules: enough text for a 512-token BPE and a few hundred training rows.
 TEXT_FILES = ["os.py", "json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "heapq.py"]
 VOCAB = 512
@@ -47,24 +49,6 @@ def token_stream(texts, tokenizer) -> torch.Tensor:
     for text in texts:
         ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
     return torch.tensor(ids)
-
-
-def make_llama(vocab: int, hidden: int, layers: int, seed: int, max_pos: int = 128, head_scale: float = 1.0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=max_pos,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(head_scale)
-    return model
 
 
 @pytest.fixture

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import math
+from fractions import Fraction
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+from transformers import HfArgumentParser, TrainingArguments
 
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-from fractions import Fraction  # noqa: E402
-
-import pytest  # noqa: E402
-from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
-
-from salt_hf.config import DEFAULT_KD_RATIO, SALTConfig  # noqa: E402
-from salt_hf.losses import DIVERGENCES  # noqa: E402
-from salt_hf.schedules import KD_SCHEDULES  # noqa: E402
+from salt_hf.config import DEFAULT_KD_RATIO, SALTConfig
+from salt_hf.losses import DIVERGENCES
+from salt_hf.schedules import KD_SCHEDULES
 
 SALT_FIELDS = [
     "teacher_model_name_or_path",

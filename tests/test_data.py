@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import hashlib
+import json
+import math
 import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset, DatasetDict, IterableDatasetDict
+from transformers import AutoTokenizer, default_data_collator
 
-import csv  # noqa: E402
-import gzip  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
-from datasets import Dataset, DatasetDict, IterableDatasetDict  # noqa: E402
-from transformers import AutoTokenizer, default_data_collator  # noqa: E402
-
-from salt_hf.data import (  # noqa: E402
+from salt_hf.data import (
     EOS_TOKEN,
     builtin_corpus,
     load_text_dataset,

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-
-from salt_hf.schedules import KD_SCHEDULES, kd_weight  # noqa: E402
+from salt_hf.schedules import KD_SCHEDULES, kd_weight
 
 SCHEDULES = ["step", "linear_decay", "linear_ratio_decay"]
 WEIGHTS = [0.1, 0.5, 0.9, 1.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,19 +11,28 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
 DS_CONFIGS = {name: str(ROOT / "deepspeed_configs" / f"{name}.json") for name in ("zero2", "zero3")}
 VOCAB, SEQ = 96, 24
 SUPERVISED = [24, 5, 17, 2]  # unequal supervised lengths: the step must weigh tokens, not sequences
+WORKER_THREADS = 1  # intra-op threads of each launched process: two processes share the CI machine's cores
 
 
 def llama(hidden: int, layers: int, seed: int, head_scale: float = 1.0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(head_scale)
@@ -56,29 +66,73 @@ def one_step_args(output_dir: str, batch: int, accum: int, **kwargs):
     from salt_hf import SALTConfig
 
     return SALTConfig(
-        output_dir=output_dir, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-        optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0, kd_weight=0.5, kd_steps=1,
-        report_to="none", save_strategy="no", logging_steps=1, seed=0, data_seed=0, disable_tqdm=True,
-        dataloader_num_workers=0, **kwargs,
-    )  # fmt: skip
+        output_dir=output_dir,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        kd_weight=0.5,
+        kd_steps=1,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **kwargs,
+    )
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """
+    Runs the block with the launched processes' thread count. A reference computed in the test's process then runs
+    every kernel with the workers' split among threads (a reduction split among threads adds its partial sums in
+    another order), so it differs from them only by what the test is about, whatever the number of cores.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(WORKER_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before the launch binds it (the caller retries on EADDRINUSE)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def launch_env() -> dict[str, str]:
-    """CPU only, one thread per process (two processes share the CI machine's cores), no network."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    """
+    The test's environment (conftest.py's offline settings and datasets cache included) for CPU-only processes with
+    WORKER_THREADS threads each.
+    """
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": str(WORKER_THREADS),
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("ACCELERATE_USE_CPU", None)
     return env
 
 
-def torchrun(script: str | Path, args: list[str], nproc: int = 2, launcher: list[str] | None = None,
-             timeout: float = 600, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:  # fmt: skip
+def torchrun(
+    script: str | Path,
+    args: list[str],
+    nproc: int = 2,
+    launcher: list[str] | None = None,
+    timeout: float = 600,
+    cwd: Path | None = None,
+) -> tuple[subprocess.CompletedProcess, float]:
     """Runs `script` under `torchrun --standalone --nproc_per_node nproc` (real processes, gloo); returns (proc, s)."""
     launcher = launcher or ["--standalone", "--nproc_per_node", str(nproc)]
     cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(script), *args]
@@ -90,3 +144,10 @@ def torchrun(script: str | Path, args: list[str], nproc: int = 2, launcher: list
 def check(proc: subprocess.CompletedProcess) -> None:
     output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}"
     assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
+
+
+def leave_process_group() -> None:
+    """The end of every worker: ZeRO-3 processes can abort at interpreter exit unless every rank leaves together."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

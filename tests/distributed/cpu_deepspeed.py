@@ -45,5 +45,5 @@ def patch() -> None:
 if __name__ == "__main__":
     patch()
     script, sys.argv = sys.argv[1], sys.argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python script.py` sets it
     runpy.run_path(script, run_name="__main__")

@@ -14,14 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from common import VOCAB, leave_process_group, llama, step_rows
+from transformers import AutoModelForCausalLM, TrainerCallback
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from common import VOCAB, llama, step_rows  # noqa: E402
-from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
-
-from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
+from salt_hf import SALTConfig, SALTTrainer
 
 
 class TeacherProbe(TrainerCallback):
@@ -45,11 +42,21 @@ def main(workdir: str) -> None:
     teacher_dir = work / "teacher"
     if not teacher_dir.exists():
         llama(64, 1, seed=1, head_scale=40.0).save_pretrained(teacher_dir)
-    args = SALTConfig(output_dir=str(work / "out"), max_steps=4, kd_steps=2, per_device_train_batch_size=2,
-                      learning_rate=1e-3, bf16=True, report_to="none", save_strategy="no", logging_steps=1,
-                      disable_tqdm=True)  # fmt: skip
-    trainer = SALTTrainer(model=llama(128, 2, seed=0), teacher_model=str(teacher_dir), args=args,
-                          train_dataset=step_rows(8))  # fmt: skip
+    args = SALTConfig(
+        output_dir=str(work / "out"),
+        max_steps=4,
+        kd_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        bf16=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = SALTTrainer(
+        model=llama(128, 2, seed=0), teacher_model=str(teacher_dir), args=args, train_dataset=step_rows(8)
+    )
     probe = TeacherProbe()
     probe.trainer = trainer
     trainer.add_callback(probe)
@@ -74,9 +81,7 @@ def main(workdir: str) -> None:
     assert probe.seen["all_materialised"] and probe.seen["devices"] == [probe.seen["accelerator_device"]], probe.seen
     assert probe.seen["accelerator_device"].startswith("cuda"), probe.seen
     assert kd == [0.5, 0.5, 0.0, 0.0] and trainer.teacher_model is None
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

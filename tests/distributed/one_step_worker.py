@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_deepspeed
+import torch
+import torch.distributed as dist
+from common import DS_CONFIGS, leave_process_group, one_step_args, step_dataset, student_model
 
-import cpu_deepspeed  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from common import DS_CONFIGS, one_step_args, step_dataset, student_model  # noqa: E402
-
-from salt_hf import SALTTrainer  # noqa: E402
-from salt_hf.teacher import num_parameters  # noqa: E402
+from salt_hf import SALTTrainer
+from salt_hf.teacher import num_parameters
 
 
 class RecordingTrainer(SALTTrainer):
@@ -79,18 +76,28 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
     name = f"{backend}-{case.replace(':', '-')}"
     # On a machine without GPUs, Accelerate runs DDP over gloo only when told to use the CPU (else it silently runs
     # each process alone); DeepSpeed finds the CPU through DS_ACCELERATOR=cpu.
-    args = one_step_args(str(out_dir / f"run-{name}"), batch, accum, deepspeed=DS_CONFIGS.get(backend),
-                         teacher_placement=placement, use_cpu=backend == "ddp")  # fmt: skip
+    args = one_step_args(
+        str(out_dir / f"run-{name}"),
+        batch,
+        accum,
+        deepspeed=DS_CONFIGS.get(backend),
+        teacher_placement=placement,
+        use_cpu=backend == "ddp",
+    )
     trainer = trainer_cls(model=student_model(), teacher_model=teacher_dir, args=args, train_dataset=step_dataset())
     trainer.train()
     weights = gathered_flat_params(trainer.model)
     records = [None] * world
     dist.all_gather_object(records, {**(trainer.teacher_record or {}), "released": trainer.teacher_model is None})
     if dist.get_rank() == 0:
-        result = {"weights": weights, "ranks": records, "deepspeed": trainer.is_deepspeed_enabled,
-                  "distributed_type": str(trainer.accelerator.distributed_type),
-                  "num_processes": trainer.accelerator.num_processes,
-                  "student_partitioned": any(hasattr(p, "ds_id") for p in trainer.model.parameters())}  # fmt: skip
+        result = {
+            "weights": weights,
+            "ranks": records,
+            "deepspeed": trainer.is_deepspeed_enabled,
+            "distributed_type": str(trainer.accelerator.distributed_type),
+            "num_processes": trainer.accelerator.num_processes,
+            "student_partitioned": any(hasattr(p, "ds_id") for p in trainer.model.parameters()),
+        }
         torch.save(result, out_dir / f"{name}.pt")
     dist.barrier()
 
@@ -107,9 +114,7 @@ def main() -> None:
     world = int(os.environ["WORLD_SIZE"])
     for case in cli.case:
         run_case(case, cli.backend, cli.teacher, out_dir, world)
-    # ZeRO-3 processes can abort at interpreter exit unless every rank leaves the group together.
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -8,17 +8,13 @@ the shards) and saves, from rank 0, the scores and how many rows each rank ran t
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+from common import leave_process_group, teacher_model
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from common import teacher_model  # noqa: E402
-
-from salt_hf.selection import score_dataset  # noqa: E402
+from salt_hf.selection import score_dataset
 
 ROWS, SHARD, BATCH = 37, 8, 4
 
@@ -48,15 +44,22 @@ def main() -> None:
         rows_seen[0] += kwargs["input_ids"].shape[0]
 
     teacher.register_forward_hook(count, with_kwargs=True)
-    scores = score_dataset(teacher, scoring_rows(), cache_dir=args.cache, top_k=48, batch_size=BATCH,
-                           shard_size=SHARD, show_progress=False)  # fmt: skip
+    scores = score_dataset(
+        teacher,
+        scoring_rows(),
+        cache_dir=args.cache,
+        top_k=48,
+        batch_size=BATCH,
+        shard_size=SHARD,
+        show_progress=False,
+    )
     counts = [None] * state.num_processes
     dist.all_gather_object(counts, rows_seen[0])
     if state.is_main_process:
-        torch.save({"scores": torch.from_numpy(scores), "rows_per_rank": counts, "world": state.num_processes},
-                   args.out)  # fmt: skip
-    dist.barrier()
-    dist.destroy_process_group()
+        torch.save(
+            {"scores": torch.from_numpy(scores), "rows_per_rank": counts, "world": state.num_processes}, args.out
+        )
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -17,8 +17,11 @@ from salt_hf.teacher import is_zero3_partitioned, load_teacher, zero3_inference_
 def test_zero3_inference_config_follows_the_students_deepspeed_config():
     config = teacher_model().config  # hidden size 16
     offload = {"device": "cpu", "pin_memory": True}
-    student_ds = {"bf16": {"enabled": True}, "fp16": {"enabled": False},
-                  "zero_optimization": {"stage": 3, "offload_param": offload}}  # fmt: skip
+    student_ds = {
+        "bf16": {"enabled": True},
+        "fp16": {"enabled": False},
+        "zero_optimization": {"stage": 3, "offload_param": offload},
+    }
     ds = zero3_inference_config(config, micro_batch_size=2, trainer_ds_config=student_ds)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
@@ -56,5 +59,4 @@ def test_teacher_placement_field(tmp_path):
     with pytest.raises(ValueError, match="teacher_placement='shard'"):
         SALTConfig(output_dir=str(tmp_path), report_to="none", teacher_placement="shard")
     with pytest.raises(ValueError, match="FSDP"):
-        SALTConfig(output_dir=str(tmp_path), report_to="none", teacher_placement="zero3", fsdp=True,
-                   use_cpu=True)  # fmt: skip
+        SALTConfig(output_dir=str(tmp_path), report_to="none", teacher_placement="zero3", fsdp=True, use_cpu=True)

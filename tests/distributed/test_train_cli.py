@@ -11,15 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 from common import ROOT, check, torchrun
-from conftest import make_llama
+from fixtures import make_llama
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.distributed
 pytest.importorskip("deepspeed")
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "num_key_value_heads": 2, "max_position_embeddings": 64}  # fmt: skip
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 MAX_STEPS, KD_STEPS, SAVE_STEPS = 6, 3, 2
 # train.py itself, under a wrapper that gives Accelerate the gloo backend for DeepSpeed on a machine without GPUs
 CPU_DEEPSPEED = Path(__file__).with_name("cpu_deepspeed.py")
@@ -114,8 +120,15 @@ def test_zero3_offload_with_a_sharded_teacher(tmp_path, teacher_dir):
     """zero3_offload.json (weights and optimizer states in CPU memory, DeepSpeed's CPU AdamW) with the teacher sharded
     by ZeRO-3 inference (and offloaded like the student)."""
     out = tmp_path / "out"
-    args = cli_args(tmp_path, teacher_dir, deepspeed=str(ROOT / "deepspeed_configs" / "zero3_offload.json"),
-                    teacher_placement="zero3", max_steps=4, kd_steps=2, save_strategy="no")  # fmt: skip
+    args = cli_args(
+        tmp_path,
+        teacher_dir,
+        deepspeed=str(ROOT / "deepspeed_configs" / "zero3_offload.json"),
+        teacher_placement="zero3",
+        max_steps=4,
+        kd_steps=2,
+        save_strategy="no",
+    )
     proc, seconds = run_train_py(args)
     check(proc)
     print(f"ZeRO-3 offload CLI run with a sharded teacher: {seconds:.1f} s")
