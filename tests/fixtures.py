@@ -1,5 +1,7 @@
-"""Plain helpers the test modules share (the pytest fixtures are in conftest.py): tiny Llamas, rows of real tokens,
-the arguments of a short CPU run."""
+"""
+Plain helpers the test modules share (the pytest fixtures are in conftest.py): tiny Llamas, rows of real tokens, the
+arguments of short runs. The distributed tests' worker scripts import it too (their launch puts tests/ on PYTHONPATH).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +16,29 @@ from salt_hf import SALTConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SEQ = 24  # tokens per training row
+# The fields of a JSON model config (`--model_config`) for a tiny Llama student.
+TINY_LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+# Every short test run: silent, seeded, no checkpoints, every step logged.
+RUN = dict(
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    seed=0,
+    data_seed=0,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+)
+# The run the resume tests interrupt: 6 steps of 2 x 2 sequences, the KD stage ending at step 3.
+RESUME_RUN = dict(
+    max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=2, kd_steps=3, learning_rate=3e-3
+)
 
 
 def make_llama(vocab: int, hidden: int, layers: int, seed: int, max_pos: int = 128, head_scale: float = 1.0):
@@ -52,19 +77,27 @@ def dataset(token_stream: torch.Tensor, n: int, supervised=None, seq: int = SEQ,
 
 
 def config(tmp_path: Path, **kw) -> SALTConfig:
-    """A short, silent, seeded CPU run writing under `tmp_path`; `kw` adds or overrides fields."""
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+    """A short CPU run (`RUN`) writing under `tmp_path`; `kw` adds or overrides fields."""
+    return SALTConfig(**{"output_dir": str(tmp_path / "out"), "use_cpu": True, **RUN, **kw})
+
+
+def one_sgd_step_config(output_dir: str, batch: int, accum: int, **kw) -> SALTConfig:
+    """
+    One optimizer step of plain SGD at lr 0.5 (no momentum, constant rate, no clipping: the step is lr times the
+    gradient, so two computations of it differ by lr times their gradients' difference), KD on that step.
+    """
+    values = dict(
+        output_dir=output_dir,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        kd_steps=1,
     )
-    return SALTConfig(**{**base, **kw})
+    return SALTConfig(**{**RUN, **values, **kw})
 
 
 def save_teacher(teacher: torch.nn.Module, tokenizer, path: Path) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from fixtures import SEQ, config, flat_params, make_llama, rows, save_teacher
+from fixtures import RESUME_RUN, SEQ, config, flat_params, make_llama, rows, save_teacher
 
 from salt_hf import SALTConfig, SALTTrainer
 from salt_hf.selection import (
@@ -211,11 +211,7 @@ def ds_run(tmp_path, tokenizer, ds, teacher_dir, out, resume=None, **kw):
     args = config(
         tmp_path,
         output_dir=str(tmp_path / out),
-        max_steps=6,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        kd_steps=3,
-        learning_rate=3e-3,
+        **RESUME_RUN,
         kd_data_selection=True,
         kd_select_top_k=128,
         remove_unused_columns=False,

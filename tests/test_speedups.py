@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import SEQ, config, dataset, flat_params, make_llama
+from fixtures import RESUME_RUN, SEQ, config, dataset, flat_params, make_llama, one_sgd_step_config
 from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser
 
 import salt_hf.trainer as salt_trainer_module
@@ -246,13 +246,9 @@ def test_resume_inside_the_warmup_matches_uninterrupted(tmp_path, tokenizer, tok
         args = config(
             tmp_path,
             output_dir=str(tmp_path / out),
-            max_steps=6,
-            per_device_train_batch_size=2,
-            gradient_accumulation_steps=2,
-            kd_steps=3,
+            **RESUME_RUN,
             save_strategy=save_strategy,
             save_steps=1,
-            learning_rate=3e-3,
             warmup_steps=1,
             seq_warmup_steps=seq_warmup_steps,
             seq_warmup_schedule="linear",
@@ -341,16 +337,7 @@ def test_layerwise_sgd_step_scales_each_layers_update(tmp_path, tokenizer, token
 
     def step(decay):
         model = make_llama(len(tokenizer), 32, 2, seed=0)
-        args = config(
-            tmp_path,
-            max_steps=1,
-            per_device_train_batch_size=4,
-            optim="sgd",
-            learning_rate=0.5,
-            lr_scheduler_type="constant",
-            max_grad_norm=0.0,
-            layerwise_lr_decay=decay,
-        )
+        args = one_sgd_step_config(str(tmp_path / "out"), 4, 1, use_cpu=True, layerwise_lr_decay=decay)
         SALTTrainer(model=model, args=args, train_dataset=ds).train()
         return dict(model.named_parameters())
 

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset
-from fixtures import SEQ, config, dataset, flat_params, make_llama, rows, save_teacher
+from fixtures import RESUME_RUN, SEQ, config, dataset, flat_params, make_llama, one_sgd_step_config, rows, save_teacher
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
@@ -39,18 +39,7 @@ class PerMicroBatchMeanTrainer(SALTTrainer):
 
 
 def one_sgd_step(tmp_path, student, teacher, ds, batch, accum, trainer_cls=SALTTrainer, kd_weight=0.5):
-    args = config(
-        tmp_path,
-        max_steps=1,
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accum,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        kd_weight=kd_weight,
-        kd_steps=1,
-    )
+    args = one_sgd_step_config(str(tmp_path / "out"), batch, accum, use_cpu=True, kd_weight=kd_weight)
     trainer = trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=ds)
     trainer.train()
     return flat_params(trainer.model)
@@ -232,18 +221,9 @@ def test_resume_inside_and_after_kd_stage_matches_uninterrupted(
     loads = teacher_loads
     ds = dataset(token_stream, 32, supervised=[24, 5, 17, 2] * 8)
 
-    def run(out, resume=None, max_steps=6):
+    def run(out, resume=None):
         args = config(
-            tmp_path,
-            output_dir=str(tmp_path / out),
-            max_steps=max_steps,
-            per_device_train_batch_size=2,
-            gradient_accumulation_steps=2,
-            kd_steps=3,
-            save_strategy="steps",
-            save_steps=1,
-            learning_rate=3e-3,
-            warmup_steps=2,
+            tmp_path, output_dir=str(tmp_path / out), save_strategy="steps", save_steps=1, warmup_steps=2, **RESUME_RUN
         )
         trainer = SALTTrainer(
             model=make_llama(len(tokenizer), 32, 2, seed=0),

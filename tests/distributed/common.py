@@ -1,4 +1,7 @@
-"""What the distributed tests and their worker scripts share: tiny models, the data of one step, the launch command."""
+"""
+What the distributed tests and their worker scripts share: tiny models, the data of one step, the launch command. The
+workers find this module beside them and tests/fixtures.py through the PYTHONPATH of `launch_env`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import LlamaConfig, LlamaForCausalLM
+from fixtures import make_llama
+from transformers import LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
 DS_CONFIGS = {name: str(ROOT / "deepspeed_configs" / f"{name}.json") for name in ("zero2", "zero3")}
@@ -22,21 +26,7 @@ WORKER_THREADS = 1  # intra-op threads of each launched process: two processes s
 
 
 def llama(hidden: int, layers: int, seed: int, head_scale: float = 1.0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(head_scale)
-    return model
+    return make_llama(VOCAB, hidden, layers, seed, max_pos=64, head_scale=head_scale)
 
 
 def student_model() -> LlamaForCausalLM:
@@ -60,31 +50,6 @@ def step_dataset(n: int = 4):
     from datasets import Dataset
 
     return Dataset.from_list(step_rows(n))
-
-
-def one_step_args(output_dir: str, batch: int, accum: int, **kwargs):
-    from salt_hf import SALTConfig
-
-    return SALTConfig(
-        output_dir=output_dir,
-        max_steps=1,
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accum,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        kd_weight=0.5,
-        kd_steps=1,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        **kwargs,
-    )
 
 
 @contextlib.contextmanager
@@ -112,10 +77,11 @@ def free_port() -> int:
 def launch_env() -> dict[str, str]:
     """
     The test's environment (conftest.py's offline settings and datasets cache included) for CPU-only processes with
-    WORKER_THREADS threads each.
+    WORKER_THREADS threads each, tests/ on their import path.
     """
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "DS_ACCELERATOR": "cpu",
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": str(WORKER_THREADS),

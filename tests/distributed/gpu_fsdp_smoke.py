@@ -1,7 +1,7 @@
 """
 FSDP smoke run on a GPU machine (not part of `make test`: FSDP through Accelerate on CPU silently runs as DDP).
 
-    accelerate launch --config_file deepspeed_configs/accelerate_fsdp.yaml --num_processes <GPUs> \
+    PYTHONPATH=tests accelerate launch --config_file deepspeed_configs/accelerate_fsdp.yaml --num_processes <GPUs> \
         tests/distributed/gpu_fsdp_smoke.py <workdir>
 
 Checks that the student is FSDP-wrapped, the teacher (given as a path, loaded with fsdp_cpu_ram_efficient_loading
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from common import VOCAB, leave_process_group, llama, step_rows
+from fixtures import RUN
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from salt_hf import SALTConfig, SALTTrainer
@@ -49,10 +50,7 @@ def main(workdir: str) -> None:
         per_device_train_batch_size=2,
         learning_rate=1e-3,
         bf16=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
+        **RUN,
     )
     trainer = SALTTrainer(
         model=llama(128, 2, seed=0), teacher_model=str(teacher_dir), args=args, train_dataset=step_rows(8)

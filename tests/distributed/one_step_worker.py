@@ -1,8 +1,8 @@
 """
 One SGD step of SALTTrainer under torchrun (CPU, gloo), for tests/distributed/test_one_step.py.
 
-    torchrun --standalone --nproc_per_node 2 one_step_worker.py --backend zero3 --teacher DIR --out DIR \
-        --case 2x2:replicate --case 2x1x2:zero3
+    PYTHONPATH=tests torchrun --standalone --nproc_per_node 2 tests/distributed/one_step_worker.py --backend zero3 \
+        --teacher DIR --out DIR --case 2x2:replicate --case 2x1x2:zero3
 
 Each `--case WORLDxBATCH[xACCUM]:PLACEMENT[:no_process_factor]` trains a fresh student (seed 0) for one optimizer step
 on the same 4 sequences and writes, on rank 0, `<out>/<backend>-<case>.pt` with the student's full weights (gathered
@@ -19,7 +19,8 @@ from pathlib import Path
 import cpu_deepspeed
 import torch
 import torch.distributed as dist
-from common import DS_CONFIGS, leave_process_group, one_step_args, step_dataset, student_model
+from common import DS_CONFIGS, leave_process_group, step_dataset, student_model
+from fixtures import one_sgd_step_config
 
 from salt_hf import SALTTrainer
 from salt_hf.teacher import num_parameters
@@ -76,7 +77,7 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
     name = f"{backend}-{case.replace(':', '-')}"
     # On a machine without GPUs, Accelerate runs DDP over gloo only when told to use the CPU (else it silently runs
     # each process alone); DeepSpeed finds the CPU through DS_ACCELERATOR=cpu.
-    args = one_step_args(
+    args = one_sgd_step_config(
         str(out_dir / f"run-{name}"),
         batch,
         accum,

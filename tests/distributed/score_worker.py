@@ -2,7 +2,7 @@
 Worker of test_scoring.py: scores one dataset with one teacher under `torchrun` (every process scores its share of
 the shards) and saves, from rank 0, the scores and how many rows each rank ran through the teacher.
 
-    torchrun --standalone --nproc_per_node 2 tests/distributed/score_worker.py --cache DIR --out FILE
+    PYTHONPATH=tests torchrun --standalone --nproc_per_node 2 tests/distributed/score_worker.py --cache DIR --out FILE
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from common import leave_process_group, teacher_model
 from salt_hf.selection import score_dataset
 
 ROWS, SHARD, BATCH = 37, 8, 4
+SCORING = dict(top_k=48, batch_size=BATCH, shard_size=SHARD, show_progress=False)  # the test's one-process run too
 
 
 def scoring_rows() -> list[dict[str, list[int]]]:
@@ -44,15 +45,7 @@ def main() -> None:
         rows_seen[0] += kwargs["input_ids"].shape[0]
 
     teacher.register_forward_hook(count, with_kwargs=True)
-    scores = score_dataset(
-        teacher,
-        scoring_rows(),
-        cache_dir=args.cache,
-        top_k=48,
-        batch_size=BATCH,
-        shard_size=SHARD,
-        show_progress=False,
-    )
+    scores = score_dataset(teacher, scoring_rows(), cache_dir=args.cache, **SCORING)
     counts = [None] * state.num_processes
     dist.all_gather_object(counts, rows_seen[0])
     if state.is_main_process:

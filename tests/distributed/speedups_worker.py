@@ -2,7 +2,8 @@
 SALT with layer-wise learning rates and sequence-length warmup under DeepSpeed ZeRO-2, for
 tests/distributed/test_speedups_deepspeed.py:
 
-    DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 1 speedups_worker.py --out DIR
+    PYTHONPATH=tests DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 1 tests/distributed/speedups_worker.py \
+        --out DIR
 
 The Trainer builds the optimizer (the ZeRO config has no 'optimizer' section), SALTTrainer splits its groups by layer,
 then DeepSpeed wraps it. Writes, on rank 0, `<out>/zero2.pt` with the student's weights and the learning rate and
@@ -18,6 +19,7 @@ import cpu_deepspeed
 import torch
 import torch.distributed as dist
 from common import DS_CONFIGS, leave_process_group, step_dataset, student_model, teacher_model
+from fixtures import RUN
 
 from salt_hf import SALTConfig, SALTTrainer
 
@@ -46,15 +48,8 @@ def speedup_args(output_dir: str, **kwargs) -> SALTConfig:
         seq_warmup_steps=2,
         seq_warmup_schedule="doubling",
         seq_warmup_start_length=6,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
-    return SALTConfig(**{**values, **kwargs})
+    return SALTConfig(**{**RUN, **values, **kwargs})
 
 
 def train(args: SALTConfig) -> SALTTrainer:

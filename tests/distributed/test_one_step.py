@@ -21,14 +21,13 @@ from common import (
     check,
     free_port,
     launch_env,
-    one_step_args,
     step_dataset,
     student_model,
     teacher_model,
     torchrun,
     worker_threads,
 )
-from fixtures import flat_params
+from fixtures import flat_params, one_sgd_step_config
 
 from salt_hf import SALTTrainer
 
@@ -58,7 +57,7 @@ def teacher_dir(tmp_path_factory) -> str:
 def reference(teacher_dir, tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, after one step) for 1 process x 4 sequences, no distributed wrapper, with the workers' thread count."""
     out = tmp_path_factory.mktemp("reference")
-    args = one_step_args(str(out), batch=4, accum=1, use_cpu=True)
+    args = one_sgd_step_config(str(out), batch=4, accum=1, use_cpu=True)
     with worker_threads():
         trainer = SALTTrainer(
             model=student_model(), teacher_model=teacher_dir, args=args, train_dataset=step_dataset()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from common import check, teacher_model, torchrun, worker_threads
-from score_worker import BATCH, ROWS, SHARD, scoring_rows
+from score_worker import ROWS, SCORING, scoring_rows
 
 from salt_hf.selection import score_dataset
 
@@ -18,15 +18,7 @@ WORKER = Path(__file__).with_name("score_worker.py")
 
 def test_two_process_scoring_equals_one_process_and_is_cached(tmp_path):
     with worker_threads():  # the kernels of the workers, on the same batches: equal scores, whichever rank ran them
-        single = score_dataset(
-            teacher_model(),
-            scoring_rows(),
-            cache_dir=tmp_path / "single",
-            top_k=48,
-            batch_size=BATCH,
-            shard_size=SHARD,
-            show_progress=False,
-        )
+        single = score_dataset(teacher_model(), scoring_rows(), cache_dir=tmp_path / "single", **SCORING)
     assert single.shape == (ROWS,) and np.isfinite(single).sum() >= ROWS // 2
 
     args = ["--cache", str(tmp_path / "shared"), "--out", str(tmp_path / "first.pt")]

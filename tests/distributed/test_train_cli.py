@@ -11,21 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from common import ROOT, check, torchrun
-from fixtures import make_llama
+from fixtures import TINY_LLAMA, make_llama
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.distributed
 pytest.importorskip("deepspeed")
 
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
 MAX_STEPS, KD_STEPS, SAVE_STEPS = 6, 3, 2
 # train.py itself, under a wrapper that gives Accelerate the gloo backend for DeepSpeed on a machine without GPUs
 CPU_DEEPSPEED = Path(__file__).with_name("cpu_deepspeed.py")
@@ -68,7 +60,7 @@ def teacher_dir(tmp_path, tokenizer) -> str:
     path = tmp_path / "teacher"
     make_llama(len(tokenizer), 16, 1, seed=1, head_scale=40.0).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_LLAMA))
     # Prepare the corpus once here, as the CLI will: both ranks then read it from the datasets cache.
     from salt_hf.data import builtin_corpus, tokenize_and_pack
 
