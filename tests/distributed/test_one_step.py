@@ -137,11 +137,15 @@ def launch_two_nodes(args: list[str], logs: Path) -> list[int]:
         with open(logs / f"node{node_rank}.log", "w") as log:  # the child holds its own copy of the descriptor
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=log, stderr=subprocess.STDOUT))
     try:
-        return [proc.wait(timeout=600) for proc in procs]
+        first = procs[0].wait(timeout=600)
+        if first != 0:  # node 0 hosts the rendezvous: without it, node 1 would wait out its own timeout
+            procs[1].kill()
+        return [first, procs[1].wait(timeout=600)]
     finally:
         for proc in procs:
-            if proc.poll() is None:  # a node still running after the other failed or timed out
+            if proc.poll() is None:  # timed out
                 proc.kill()
+                proc.wait()
 
 
 def test_two_node_launch_over_loopback(teacher_dir, reference, tmp_path):
