@@ -107,6 +107,12 @@ class SALTConfig(TrainingArguments):
             Layer-wise learning rates: each layer's rate is this factor times the next one's, in (0, 1]; 1 is off.
         layerwise_lr_direction (`str`, *optional*, defaults to `"top_down"`):
             `"top_down"`: the output head keeps `learning_rate`, lower layers get less. `"bottom_up"`: the reverse.
+
+    > Preemption
+
+        save_on_sigterm (`bool`, *optional*, defaults to `False`):
+            On SIGTERM, finish the current optimizer step, save a checkpoint on every process and stop training
+            (`salt_hf.checkpointing.SaveOnSigterm`). salt-train turns it on unless it is passed.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
@@ -223,6 +229,12 @@ class SALTConfig(TrainingArguments):
         metadata={"help": "'top_down': the output head at learning_rate; 'bottom_up': the embeddings at it."},
     )
 
+    # ---- preemption (salt_hf.checkpointing) ----
+    save_on_sigterm: bool = field(
+        default=False,
+        metadata={"help": "On SIGTERM, finish the optimizer step, save a checkpoint and stop (salt-train: on)."},
+    )
+
     def __post_init__(self):
         self._check_teacher_kwargs_json()
         super().__post_init__()
@@ -231,6 +243,7 @@ class SALTConfig(TrainingArguments):
         self._check_kd()
         self._check_selection()
         self._check_speedups()
+        self._check_preemption()
 
     def _check_teacher_kwargs_json(self) -> None:
         value = self.teacher_model_init_kwargs
@@ -316,6 +329,10 @@ class SALTConfig(TrainingArguments):
                 "kd_data_selection=True scores the data with a replicated teacher; teacher_placement='zero3' is not "
                 "supported with it. Use teacher_placement='replicate'."
             )
+
+    def _check_preemption(self) -> None:
+        if not isinstance(self.save_on_sigterm, bool):
+            raise ValueError(f"save_on_sigterm={self.save_on_sigterm!r} must be True or False.")
 
     def _check_speedups(self) -> None:
         """Checks of the speed-up fields and of the Trainer's LR-schedule arguments they are documented with."""

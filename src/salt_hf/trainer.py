@@ -11,6 +11,7 @@ from accelerate.utils import is_deepspeed_available
 from transformers import PreTrainedModel, Trainer
 
 from .callbacks import TeacherLifecycleCallback
+from .checkpointing import PreemptionSafeCheckpoints
 from .config import SALTConfig
 from .losses import salt_loss
 from .schedules import kd_weight
@@ -19,7 +20,7 @@ from .speedups import regroup_by_layer, warmup_inputs
 from .teacher import Teacher
 
 
-class SALTTrainer(Trainer):
+class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
     """
     [`~transformers.Trainer`] for SALT (Rawat et al., 2024, https://arxiv.org/abs/2410.18779).
 

@@ -131,11 +131,16 @@ def read_yaml_config(path: str, classes=ARG_CLASSES) -> dict[str, Any]:
     return values
 
 
-def parse_args(argv: list[str] | None = None, classes=ARG_CLASSES):
-    """One instance of each of `classes` from the flags, over defaults read from `--config file.yaml`."""
+def parse_args(argv: list[str] | None = None, classes=ARG_CLASSES, defaults: dict[str, Any] | None = None):
+    """
+    One instance of each of `classes` from the flags, over defaults read from `--config file.yaml`, over the
+    command's own `defaults` (values that differ from the library's, e.g. salt-train's `save_on_sigterm`).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(classes)
     parser.add_argument("--config", default=None, help="YAML file of argument defaults; flags override them.")
+    if defaults:
+        parser.set_defaults(**defaults)
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")

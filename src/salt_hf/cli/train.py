@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 from accelerate.logging import get_logger
 from transformers import AutoTokenizer, default_data_collator, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
+from ..checkpointing import SIGTERM_EXIT_CODE, atomic_write_text, last_complete_checkpoint
 from ..config import SALTConfig
 from ..metrics import NextTokenMetrics, preprocess_logits_for_metrics
 from ..model_card import write_model_card
@@ -44,6 +44,8 @@ __all__ = ["ARG_CLASSES", "RUN_CONFIG_NAME", "corpus_texts", "main", "parse_args
 logger = get_logger(__name__)
 
 RUN_CONFIG_NAME = "salt_run_config.yaml"
+# salt-train's defaults that differ from the library's: a command-line run that is preempted (SIGTERM) saves first.
+CLI_DEFAULTS = {"save_on_sigterm": True}
 
 
 # ---- checks that run before anything is written ---------------------------------------------------------------------
@@ -54,10 +56,11 @@ def resolve_resume(training_args: SALTConfig) -> str | None:
     if resume in (None, "", "false", "False"):
         return None
     if resume in ("last", "true", "True"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        # the newest complete checkpoint: a folder left half-written by a kill is named in the log and skipped
+        last = last_complete_checkpoint(training_args.output_dir)
         if last is None:
             raise InputError(
-                f"--resume_from_checkpoint {resume}: no checkpoint-* folder in {training_args.output_dir}."
+                f"--resume_from_checkpoint {resume}: no complete checkpoint-* folder in {training_args.output_dir}."
             )
         return last
     if not os.path.isdir(resume):
@@ -184,8 +187,8 @@ def check_teacher(training_args: SALTConfig, seq_length: int) -> None:
 def save_run_config(output_dir: str, model_args, data_args, training_args) -> None:
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training_args.to_dict()}
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, RUN_CONFIG_NAME), "w") as f:
-        yaml.safe_dump(json.loads(json.dumps(values, default=str)), f, sort_keys=True)
+    text = yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True)
+    atomic_write_text(os.path.join(output_dir, RUN_CONFIG_NAME), text)
 
 
 def run(
@@ -239,6 +242,9 @@ def run(
 
     # 4) train, save the student (safetensors) with its tokenizer, model card and the resolved configuration
     train_result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.stopped_by_sigterm:
+        # not finished: the checkpoint is the run's state, the output folder gets no final model
+        return {"metrics": dict(train_result.metrics), "log_history": trainer.state.log_history, "trainer": trainer}
     trainer.save_model(training_args.output_dir)
     metrics = dict(train_result.metrics)
     if training_args.eval_strategy != "no" or training_args.do_eval:
@@ -252,14 +258,22 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        model_args, data_args, training_args, run_args = parse_args(argv)
-        run(model_args, data_args, training_args, run_args)
+        model_args, data_args, training_args, run_args = parse_args(argv, defaults=CLI_DEFAULTS)
+        result = run(model_args, data_args, training_args, run_args)
     except InputError as err:
         # Clear message, exit code 2; the checks run before anything is written. Any other error is a bug: it keeps
         # its traceback.
         print(f"salt-train: error: {err}", file=sys.stderr)
         return 2
     _end_process_group()
+    if result["trainer"].stopped_by_sigterm:
+        step = result["trainer"].state.global_step
+        logger.warning(
+            f"salt-train: stopped by SIGTERM after step {step}, checkpoint-{step} saved; run the same command with "
+            "--resume_from_checkpoint last to continue.",
+            main_process_only=True,
+        )
+        return SIGTERM_EXIT_CODE
     return 0
 
 
