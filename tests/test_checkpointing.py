@@ -183,12 +183,12 @@ def kill_plan(seed: int, kills: int, max_steps: int, phases=("step", *SAVE_PHASE
     for i in range(kills):
         phase = phases[i % len(phases)] if i < len(phases) else rng.choice(phases)
         if phase == "step":
-            step = resume + rng.randint(0, 2 * SAVE_STEPS)
+            step = resume + rng.randint(0, 3 * SAVE_STEPS)
             after = step // SAVE_STEPS * SAVE_STEPS
         else:
             # a rotation needs SAVE_TOTAL_LIMIT complete checkpoints besides the new one
             first = max(resume + SAVE_STEPS, (SAVE_TOTAL_LIMIT + 1) * SAVE_STEPS if phase == "rotate" else 0)
-            step = first + SAVE_STEPS * rng.randint(0, 1)
+            step = first + SAVE_STEPS * rng.randint(0, 2)
             after = step if phase == "rotate" else step - SAVE_STEPS
         assert step < max_steps - 1, "the plan does not fit in the run: lower kills or raise max_steps"
         plan.append((phase, step, after))
