@@ -8,15 +8,15 @@ knows exactly what each kill hit.
 Phases (`step` is the optimizer step the run is at; save phases need a step that is saved):
     step          SIGKILL inside the training step after `step` steps (a forward/backward in flight)
     model         SIGKILL during the save of checkpoint-<step>, the model written, nothing else
-    optimizer     ... optimizer.pt written half (truncated), then SIGKILL
+    optimizer     ... optimizer.pt (DeepSpeed: the process's optimizer shard) written half (truncated), then SIGKILL
     rng           ... the RNG states written, the trainer state not
     state         ... trainer_state.json written half, then SIGKILL
     publish       ... every file and the marker written and fsync'd, SIGKILL just before the rename
     rotate        SIGKILL after checkpoint-<step> is published, while an old checkpoint is being deleted
     sigterm       SIGTERM to this process inside the training step after `step` steps (SALT_FAULT_RANK: only there)
 
-A SIGKILL goes to the whole process group (the test starts each launch in a new session): like a machine that dies,
-every process of a torchrun launch goes at once.
+A SIGKILL takes the whole launch at once (the test starts each launch in a session of its own), like a machine that
+dies: under torchrun every worker and the agent go together (Linux: the workers are found in /proc).
 """
 
 from __future__ import annotations
@@ -36,9 +36,31 @@ SAVE_PHASES = ("model", "optimizer", "rng", "state", "publish", "rotate")
 
 
 def die() -> None:
+    """SIGKILL to the whole launch at once: this process's group, or under torchrun (whose workers each have a
+    session of their own) every worker of the agent, then the agent, then this process."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.killpg(os.getpgrp(), signal.SIGKILL)
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    agent = os.getppid()
+    workers = [pid for pid in _children(agent) if pid != os.getpid()]
+    for pid in [*workers, agent]:
+        os.kill(pid, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # /proc/<pid>/stat: "pid (name) state ppid ..."; the name may hold spaces, so split after it
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent:
+                found.append(int(entry.name))
+    return found
 
 
 def truncate_half(path: str) -> None:
@@ -83,8 +105,10 @@ def inject(phase: str, step: int) -> None:
 
         def after_optimizer(trainer, output_dir):
             if saving(trainer):
-                if trainer.args.should_save and os.path.exists(os.path.join(output_dir, "optimizer.pt")):
-                    truncate_half(os.path.join(output_dir, "optimizer.pt"))
+                # optimizer.pt, or under DeepSpeed this process's optimizer shard (global_step<N>/..._optim_states.pt)
+                written = [*Path(output_dir).glob("optimizer.pt"), *Path(output_dir).glob(f"*/*rank_{rank}_*optim*")]
+                for path in written:
+                    truncate_half(str(path))
                 die()
 
         wrap_method(SALTTrainer, "_save_optimizer_and_scheduler", after_optimizer)

@@ -115,12 +115,17 @@ def test_save_on_sigterm_is_off_in_the_library_and_on_in_salt_train(tmp_path):
 # ---- salt-train runs ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path, tokenizer) -> str:
+def save_tokenizer(tmp_path: Path, tokenizer) -> str:
+    """The tokenizer's folder, and the tiny student's config beside it, for `run_args`."""
     path = tmp_path / "tokenizer"
     tokenizer.save_pretrained(path)
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
     return str(path)
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path, tokenizer) -> str:
+    return save_tokenizer(tmp_path, tokenizer)
 
 
 def run_args(tmp_path: Path, tokenizer_dir: str, out: str, max_steps: int, **extra) -> list[str]:
