@@ -203,7 +203,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     assert snapshot(out) == before
     # a resume request on a folder without checkpoints is refused too, with nothing touched
     assert train_cli.main(quick_args(tmp_path, resume_from_checkpoint="last")) == 2
-    assert "no checkpoint" in capsys.readouterr().err and snapshot(out) == before
+    assert "no complete checkpoint" in capsys.readouterr().err and snapshot(out) == before
 
 
 @pytest.mark.parametrize("flag", ["teacher_model_name_or_path", "model_name_or_path", "tokenizer_name_or_path"])
