@@ -191,8 +191,9 @@ def kill_plan(seed: int, kills: int, max_steps: int, phases=("step", *SAVE_PHASE
             step = resume + rng.randint(0, 3 * SAVE_STEPS)
             after = step // SAVE_STEPS * SAVE_STEPS
         else:
-            # a rotation needs SAVE_TOTAL_LIMIT complete checkpoints besides the new one
-            first = max(resume + SAVE_STEPS, (SAVE_TOTAL_LIMIT + 1) * SAVE_STEPS if phase == "rotate" else 0)
+            # a kill in a save needs an earlier checkpoint to resume from; a rotation needs SAVE_TOTAL_LIMIT complete
+            # checkpoints besides the new one
+            first = max(resume + SAVE_STEPS, (SAVE_TOTAL_LIMIT + 1 if phase == "rotate" else 2) * SAVE_STEPS)
             step = first + SAVE_STEPS * rng.randint(0, 2)
             after = step if phase == "rotate" else step - SAVE_STEPS
         assert step < max_steps - 1, "the plan does not fit in the run: lower kills or raise max_steps"
