@@ -105,3 +105,18 @@ def save_teacher(teacher: torch.nn.Module, tokenizer, path: Path) -> str:
     teacher.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def tiny_salt_trainer(tokenizer, teacher, args, train_dataset, **kwargs):
+    """SALTTrainer of a fresh 2-layer, 32-wide student (seed 0) with `teacher` (a model or its folder)."""
+    from salt_hf import SALTTrainer
+
+    student = make_llama(len(tokenizer), 32, 2, seed=0)
+    return SALTTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        **kwargs,
+    )

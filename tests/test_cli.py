@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import STDLIB, make_llama
+from fixtures import STDLIB, TINY_LLAMA, make_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from salt_hf import SALTConfig, SALTTrainer
@@ -18,14 +18,7 @@ from salt_hf.cli import demo as demo_cli
 from salt_hf.cli import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
+TINY = TINY_LLAMA
 TINY_TEACHER = {**TINY, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
 
 

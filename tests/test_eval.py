@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_llama
+from fixtures import make_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from salt_hf.cli.eval import main as salt_eval
@@ -119,25 +119,19 @@ def _naive_scores(path, passages):
     return lls, greedy
 
 
+def lastword_args(checkpoint, root, out, *extra: str) -> list[str]:
+    """salt-eval's flags for 40 zero-shot last-word passages of 10-25 words cut from `root`, written to `out`."""
+    return [
+        *("--model_name_or_path", str(checkpoint), "--lastword_text", str(root)),
+        *("--lastword_min_words", "10", "--lastword_max_words", "25", "--lastword_max_passages", "40"),
+        *("--num_fewshot", "0", *extra, "--output_file", str(out)),
+    ]
+
+
 def test_salt_eval_matches_a_direct_computation(checkpoint, heldout, tmp_path):
     root, scored = heldout
     out = tmp_path / "lastword.json"
-    args = [
-        "--model_name_or_path",
-        str(checkpoint),
-        "--lastword_text",
-        str(root),
-        "--lastword_min_words",
-        "10",
-        "--lastword_max_words",
-        "25",
-        "--lastword_max_passages",
-        "40",
-        "--num_fewshot",
-        "0",
-        "--output_file",
-        str(out),
-    ]
+    args = lastword_args(checkpoint, root, out)
     assert salt_eval(args) == 0
     report = json.loads(out.read_text())
     res = report["results"][LASTWORD_TASK]
@@ -176,24 +170,7 @@ def test_salt_eval_refuses_a_folder_without_a_model(tmp_path, capsys):
 def test_salt_eval_next_token_metrics_match_a_direct_computation(checkpoint, heldout, tmp_path):
     root, _ = heldout
     out = tmp_path / "report.json"
-    args = [
-        "--model_name_or_path",
-        str(checkpoint),
-        "--lastword_text",
-        str(root),
-        "--lastword_min_words",
-        "10",
-        "--lastword_max_words",
-        "25",
-        "--lastword_max_passages",
-        "40",
-        "--num_fewshot",
-        "0",
-        "--next_token_seq_length",
-        "128",
-        "--output_file",
-        str(out),
-    ]
+    args = lastword_args(checkpoint, root, out, "--next_token_seq_length", "128")
     assert salt_eval(args) == 0
     got = json.loads(out.read_text())["next_token"]
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_llama
+from fixtures import make_llama
 from transformers import GPT2Config, LlamaConfig
 
 from salt_hf.models import MODEL_SIZES, build_student, max_positions, new_model_config

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from fixtures import RESUME_RUN, SEQ, config, flat_params, make_llama, rows, save_teacher
+from fixtures import RESUME_RUN, SEQ, config, flat_params, make_llama, rows, save_teacher, tiny_salt_trainer
 
 from salt_hf import SALTConfig, SALTTrainer
 from salt_hf.selection import (
@@ -219,14 +219,7 @@ def ds_run(tmp_path, tokenizer, ds, teacher_dir, out, resume=None, **kw):
         per_device_eval_batch_size=8,
         **kw,
     )
-    trainer = SALTTrainer(
-        model=make_llama(len(tokenizer), 32, 2, seed=0),
-        teacher_model=teacher_dir,
-        args=args,
-        train_dataset=ds,
-        processing_class=tokenizer,
-        data_collator=collator,
-    )
+    trainer = tiny_salt_trainer(tokenizer, teacher_dir, args, ds, data_collator=collator)
     trainer.train(resume_from_checkpoint=resume)
     return trainer, collator.row_ids
 

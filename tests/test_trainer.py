@@ -10,7 +10,18 @@ import os
 import pytest
 import torch
 from datasets import Dataset
-from fixtures import RESUME_RUN, SEQ, config, dataset, flat_params, make_llama, one_sgd_step_config, rows, save_teacher
+from fixtures import (
+    RESUME_RUN,
+    SEQ,
+    config,
+    dataset,
+    flat_params,
+    make_llama,
+    one_sgd_step_config,
+    rows,
+    save_teacher,
+    tiny_salt_trainer,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
@@ -225,13 +236,7 @@ def test_resume_inside_and_after_kd_stage_matches_uninterrupted(
         args = config(
             tmp_path, output_dir=str(tmp_path / out), save_strategy="steps", save_steps=1, warmup_steps=2, **RESUME_RUN
         )
-        trainer = SALTTrainer(
-            model=make_llama(len(tokenizer), 32, 2, seed=0),
-            teacher_model=teacher_dir,
-            args=args,
-            train_dataset=ds,
-            processing_class=tokenizer,
-        )
+        trainer = tiny_salt_trainer(tokenizer, teacher_dir, args, ds)
         recorder = Recorder()
         recorder.trainer = trainer
         trainer.add_callback(recorder)

@@ -298,7 +298,8 @@ class Teacher:
         if self.module is not None:
             return num_parameters(self.module)
         trust = bool((self.init_kwargs or {}).get("trust_remote_code", False))
-        with torch.device("meta"):
+        # outside any ZeRO-3 / FSDP loading set-up of the student's: a plain module on the meta device
+        with _loading_context(None), torch.device("meta"):
             return num_parameters(AutoModelForCausalLM.from_config(self.config(), trust_remote_code=trust))
 
     def load(self, zero3_config: dict[str, Any] | None = None) -> torch.nn.Module:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from common import ROOT, check, torchrun
-from fixtures import TINY_LLAMA, make_llama
+from fixtures import TINY_LLAMA, save_teacher
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -55,17 +55,15 @@ def cli_args(tmp_path: Path, teacher_dir: str, **extra) -> list[str]:
 
 
 @pytest.fixture
-def teacher_dir(tmp_path, tokenizer) -> str:
-    """A tiny teacher saved with save_pretrained beside the tokenizer the student will use."""
-    path = tmp_path / "teacher"
-    make_llama(len(tokenizer), 16, 1, seed=1, head_scale=40.0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+def teacher_dir(tmp_path, tokenizer, teacher) -> str:
+    """conftest's tiny teacher saved with save_pretrained beside the tokenizer the student will use."""
+    path = save_teacher(teacher, tokenizer, tmp_path / "teacher")
     (tmp_path / "tiny.json").write_text(json.dumps(TINY_LLAMA))
     # Prepare the corpus once here, as the CLI will: both ranks then read it from the datasets cache.
     from salt_hf.data import builtin_corpus, tokenize_and_pack
 
     tokenize_and_pack(builtin_corpus(validation_fraction=0.05, max_bytes=300_000), tokenizer, seq_length=32)
-    return str(path)
+    return path
 
 
 def kd_weights(state_file: Path) -> list[float]:

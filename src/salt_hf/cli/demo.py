@@ -18,16 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .args import (
-    ARG_CLASSES,
-    DataArguments,
-    InputError,
-    ModelArguments,
-    RunArguments,
-    as_input_error,
-    check_output_dir,
-    parse_args,
-)
+from . import args as cli
 from .train import corpus_texts, run
 
 
@@ -104,27 +95,29 @@ def print_table(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        model_args, data_args, training_args, run_args, demo_args = parse_args(argv, (*ARG_CLASSES, DemoArguments))
+        model_args, data_args, training_args, run_args, demo_args = cli.parse_args(
+            argv, (*cli.ARG_CLASSES, DemoArguments)
+        )
         return run_demo(model_args, data_args, training_args, run_args, demo_args)
-    except InputError as err:  # anything else is a bug and keeps its traceback
+    except cli.InputError as err:  # anything else is a bug and keeps its traceback
         print(f"salt-demo: error: {err}", file=sys.stderr)
         return 2
 
 
 def run_demo(
-    model_args: ModelArguments,
-    data_args: DataArguments,
+    model_args: cli.ModelArguments,
+    data_args: cli.DataArguments,
     training_args,
-    run_args: RunArguments,
+    run_args: cli.RunArguments,
     demo_args: DemoArguments,
 ) -> int:
     from ..data import builtin_corpus, train_bpe_tokenizer
 
     root = training_args.output_dir
-    check_output_dir(training_args, run_args)
+    cli.check_output_dir(training_args, run_args)
 
     # 1) one tokenizer for teacher and student (token-level KD needs the same token ids)
-    with as_input_error(ValueError):
+    with cli.as_input_error(ValueError):
         corpus = builtin_corpus(
             validation_fraction=data_args.validation_fraction, max_bytes=data_args.max_corpus_bytes
         )
@@ -169,7 +162,7 @@ def run_demo(
 
 
 def write_report(
-    results: dict, model_args: ModelArguments, data_args: DataArguments, training_args, demo_args
+    results: dict, model_args: cli.ModelArguments, data_args: cli.DataArguments, training_args, demo_args
 ) -> None:
     """`summary.json` and `curves.png` in the demo's output folder, and the table on stdout."""
     root = training_args.output_dir
