@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from checkpoint_fault_worker import SAVE_PHASES
+from fixtures import TINY_LLAMA
 from safetensors.torch import load_file
 
 from salt_hf import SALTConfig
@@ -33,14 +34,7 @@ from salt_hf.cli import train as train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("checkpoint_fault_worker.py")
-TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
+TINY = TINY_LLAMA
 SAVE_STEPS, SAVE_TOTAL_LIMIT = 5, 2
 KILLED = -signal.SIGKILL  # subprocess's return code of a process killed by SIGKILL
 
