@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from checkpoint_fault_worker import SAVE_PHASES
-from fixtures import TINY_LLAMA
+from fixtures import TINY_LLAMA, save_teacher
 from safetensors.torch import load_file
 
 from salt_hf import SALTConfig
@@ -225,17 +225,30 @@ def run_with_kills(tmp_path, tokenizer_dir, plan, max_steps: int, nproc: int = 1
     return counts
 
 
-def test_three_kills_during_saves_then_resume_exactly(tmp_path, tokenizer_dir):
-    """The fast variant: optimizer.pt cut short (the issue's case), a save killed before its rename, a rotation."""
+@pytest.fixture
+def teacher_dir(tmp_path, tokenizer, teacher) -> str:
+    return save_teacher(teacher, tokenizer, tmp_path / "teacher")
+
+
+def test_three_kills_during_saves_then_resume_exactly(tmp_path, tokenizer_dir, teacher_dir):
+    """
+    The fast variant: optimizer.pt cut short (the issue's case), a save killed before its rename, a rotation; with a
+    teacher whose KD stage ends at step 20, so the kills fall before and after its end.
+    """
     plan = kill_plan(seed=0, kills=3, max_steps=40, phases=("optimizer", "publish", "rotate"))
-    assert run_with_kills(tmp_path, tokenizer_dir, plan, max_steps=40) == {"kills": 3, "during_saves": 3}
+    kd = dict(teacher_model_name_or_path=teacher_dir, kd_steps=20)
+    assert run_with_kills(tmp_path, tokenizer_dir, plan, max_steps=40, **kd) == {"kills": 3, "during_saves": 3}
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    weights = {h["step"]: h["kd_weight"] for h in history if "kd_weight" in h}
+    assert weights == {5: 0.5, 10: 0.5, 15: 0.5, 20: 0.5, 25: 0.0, 30: 0.0, 35: 0.0, 40: 0.0}  # the KD stage's end
 
 
 @pytest.mark.slow
-def test_two_dozen_random_kills_then_resume_exactly(tmp_path, tokenizer_dir):
-    """Every kind of moment first (in a step, each stage of a save, a rotation), then seeded random ones."""
+def test_two_dozen_random_kills_then_resume_exactly(tmp_path, tokenizer_dir, teacher_dir):
+    """Every kind of moment first (in a step, each stage of a save, a rotation), then seeded random ones; KD to 100."""
     plan = kill_plan(seed=16, kills=24, max_steps=300)
-    counts = run_with_kills(tmp_path, tokenizer_dir, plan, max_steps=300)
+    kd = dict(teacher_model_name_or_path=teacher_dir, kd_steps=100)
+    counts = run_with_kills(tmp_path, tokenizer_dir, plan, max_steps=300, **kd)
     assert counts["kills"] == 24 and counts["during_saves"] >= 12
 
 

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checkpointing import atomic_write_text
 from . import args as cli
 from .train import corpus_texts, run
 
@@ -177,7 +178,7 @@ def write_report(
         "max_steps": training_args.max_steps,
         "seq_length": data_args.seq_length,
     }
-    Path(root, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(Path(root, "summary.json"), json.dumps(summary, indent=2) + "\n")
     curves = {name: summary["runs"][name]["curve"] for name in ("baseline", "salt")}
     title = f"{model_args.model_config} student, {demo_args.teacher_config} teacher, n_KD = {kd_steps}"
     plot_curves(curves, os.path.join(root, "curves.png"), title)
