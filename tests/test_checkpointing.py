@@ -13,14 +13,15 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from checkpoint_fault_worker import SAVE_PHASES
-from fixtures import TINY_LLAMA, save_teacher
+from fixtures import TINY_LLAMA, config, dataset, make_llama, save_teacher
 from safetensors.torch import load_file
 
-from salt_hf import SALTConfig
+from salt_hf import SALTConfig, SALTTrainer
 from salt_hf.checkpointing import (
     COMPLETE_MARKER,
     SIGTERM_EXIT_CODE,
@@ -281,3 +282,49 @@ def test_sigterm_saves_at_the_next_step_boundary_then_resumes_exactly(tmp_path, 
     final = launch(args + ["--resume_from_checkpoint", "last"])
     assert final.returncode == 0, output(final)
     assert weights_diff(out, tmp_path / "reference") <= 1e-6
+
+
+def test_sigterm_handler_never_outlives_its_run_nor_holds_forked_children(tmp_path, tokenizer, token_stream):
+    """
+    A run that raises restores the previous handler (on_train_end is never called then), and while the handler is
+    installed a forked process (e.g. a multiprocessing pool worker that its pool stops with SIGTERM) still stops.
+    """
+    before = signal.getsignal(signal.SIGTERM)
+    args = config(tmp_path, max_steps=2, per_device_train_batch_size=2, save_on_sigterm=True)
+    trainer = SALTTrainer(
+        model=make_llama(len(tokenizer), 32, 2, seed=0), args=args, train_dataset=dataset(token_stream, 4)
+    )
+
+    def injected(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    trainer.compute_loss = injected
+    with pytest.raises(RuntimeError, match="injected"):
+        trainer.train()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    callback = trainer.sigterm_callback
+    callback.on_train_begin(args, trainer.state, trainer.control)
+    try:
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: waits for signals; were SIGTERM only to set the flag, it would wait on
+            os.write(ready_w, b"1")  # past CPython's after-fork set-up, which drops signals pending until then
+            while True:
+                signal.pause()
+        os.read(ready_r, 1)
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):  # up to 20 s for the child to go
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("a forked child ignored SIGTERM")
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+        assert not callback._requested  # the run's own flag is untouched by the child's signal
+    finally:
+        callback.restore()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -187,7 +187,12 @@ class PreemptionSafeCheckpoints:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir})")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            # also when training raises (on_train_end is then never called): no handler outlives its run
+            if self.sigterm_callback is not None:
+                self.sigterm_callback.restore()
 
     def _save_checkpoint(self, model, trial) -> None:
         step = self.state.global_step
@@ -250,6 +255,7 @@ class SaveOnSigterm(TrainerCallback):
         self._requested = False
         self._previous = None
         self._installed = False
+        self._owner: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.stopped_at, self._requested = None, False
@@ -257,10 +263,12 @@ class SaveOnSigterm(TrainerCallback):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_signal)
             self._installed = True
+            self._owner = os.getpid()
 
     def _on_signal(self, signum, frame):
-        if self._requested:
-            self._restore()
+        if self._requested or os.getpid() != self._owner:
+            # a second SIGTERM, or a process forked from the run (a pool worker told to stop): the usual behaviour
+            self.restore()
             signal.raise_signal(signum)
             return
         self._requested = True
@@ -278,9 +286,9 @@ class SaveOnSigterm(TrainerCallback):
             )
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._restore()
+        self.restore()
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
             self._installed = False
