@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from transformers import LlamaForCausalLM, TrainerCallback
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from salt_hf import SALTConfig, SALTTrainer
 from salt_hf.models import new_model_config
@@ -84,7 +85,7 @@ class RunResult:
     step_times_s: list[float]  # every optimizer step, evaluation excluded
     median_kd_step_s: float | None
     median_plain_step_s: float | None
-    train_log: list[dict]  # the Trainer's training-loss log entries
+    train_log: list[dict]  # the Trainer's training-loss log entries (and kd_steps="auto"'s decision)
 
     @classmethod
     def load(cls, path: Path) -> RunResult:
@@ -135,10 +136,33 @@ def load_corpus(corpus: str) -> tuple[dict, Rows, dict[str, Rows]]:
     return json.loads((work / "info.json").read_text()), Rows(torch.load(work / "train.pt")), evals
 
 
+def layers_by_width(size: str) -> dict | None:
+    """The Llama fields of a size written `<layers>x<width>` (e.g. `6x256`): heads of 32 dimensions and an MLP of
+    about 2.75 x width (a multiple of 16), as in `salt_hf.models.MODEL_SIZES`; None for any other name."""
+    match = re.fullmatch(r"(\d+)x(\d+)", size)
+    if match is None:
+        return None
+    layers, width = int(match[1]), int(match[2])
+    heads = max(1, width // 32)
+    return dict(
+        hidden_size=width,
+        intermediate_size=16 * round(2.75 * width / 16),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        tie_word_embeddings=True,
+    )
+
+
 def build_model(size: str, vocab: int, seq: int, seed: int):
-    """A new Llama of a named size (`salt_hf.models.MODEL_SIZES`, embeddings tied), initialised from `seed`."""
+    """A new Llama of a named size (`salt_hf.models.MODEL_SIZES`) or of a `<layers>x<width>` size, embeddings tied,
+    initialised from `seed`."""
     torch.manual_seed(seed)
-    return LlamaForCausalLM(new_model_config(size, vocab, seq, TOKEN_IDS))
+    fields = layers_by_width(size)
+    if fields is None:
+        return LlamaForCausalLM(new_model_config(size, vocab, seq, TOKEN_IDS))
+    config = LlamaConfig(vocab_size=vocab, max_position_embeddings=seq, **vars(TOKEN_IDS), **fields)
+    return LlamaForCausalLM(config)
 
 
 def sync(device: str) -> None:
@@ -250,7 +274,7 @@ def train_run(
         step_times_s=times,
         median_kd_step_s=statistics.median(times[:kd_steps]) if kd_steps else None,
         median_plain_step_s=statistics.median(times[kd_steps:]) if kd_steps < len(times) else None,
-        train_log=[h for h in trainer.state.log_history if "loss" in h],
+        train_log=[h for h in trainer.state.log_history if "loss" in h or "kd_stop_step" in h],
     )
 
 

@@ -195,6 +195,7 @@ def test_all_tokens_ignored(divergence, beta, dtype, tau):
         s, labels, t, nll_weight=0.5, kd_weight=0.5, divergence=divergence, beta=beta, temperature=tau, chunk_size=5
     )
     assert out.loss.item() == 0.0 and out.nll.item() == 0.0 and out.kd.item() == 0.0
+    assert out.teacher_nll.item() == 0.0
     assert out.num_tokens.item() == 0
     (grad,) = torch.autograd.grad(out.loss, s)
     assert torch.isfinite(grad).all()
@@ -261,7 +262,8 @@ def test_chunked_equals_unchunked(chunk_size, dtype, divergence, beta, tau):
     (full_g,) = torch.autograd.grad(full.loss, s)
     chunked = salt_loss(s, labels, t, chunk_size=chunk_size, **kw)
     (chunked_g,) = torch.autograd.grad(chunked.loss, s)
-    for name in ("loss", "nll", "kd"):
+    assert full.teacher_nll.item() > 1.0
+    for name in ("loss", "nll", "kd", "teacher_nll"):
         torch.testing.assert_close(getattr(chunked, name), getattr(full, name), rtol=1e-6, atol=0, msg=name)
     assert chunked.num_tokens.item() == full.num_tokens.item()
     # per-token rows are computed identically in every chunking, up to a last-bit difference of the kernels
@@ -399,7 +401,7 @@ def test_salt_loss_is_the_weighted_mixture(w, divergence, beta, tau, dtype):
     assert_grad(grad, ref_g, TOL[dtype]["grad"], dtype)
 
     # the logged fields: detached fp32 sums and the token count
-    for field in (out.nll, out.kd):
+    for field in (out.nll, out.kd, out.teacher_nll):
         assert field.dim() == 0 and field.dtype == torch.float32 and not field.requires_grad
     assert not out.num_tokens.is_floating_point()
     assert out.num_tokens.item() == (labels != IGNORE).sum().item()
@@ -499,7 +501,7 @@ def test_no_gradient_to_the_teacher():
     out.loss.backward()
     assert t.grad is None
     assert s.grad is not None
-    assert not out.kd.requires_grad and not out.nll.requires_grad
+    assert not out.kd.requires_grad and not out.nll.requires_grad and not out.teacher_nll.requires_grad
 
 
 def test_student_without_grad():
@@ -553,9 +555,24 @@ def test_compiled_default_term_matches_eager():
     for compile in (False, True):
         out = salt_loss(student, labels, teacher, nll_weight=0.7, kd_weight=0.3, chunk_size=8, compile=compile)
         (grad,) = torch.autograd.grad(out.loss, student)
-        results.append((out.loss.detach(), out.nll, out.kd, grad))
+        results.append((out.loss.detach(), out.nll, out.kd, out.teacher_nll, grad))
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert_value(results[1][3], ref_nll(teacher, labels), TOL[torch.float32]["value"])
+
+
+def test_compiled_default_term_with_a_wider_teacher():
+    """A teacher padded past the shared vocabulary (vocab_size = the student's): the compiled chunk sees [:vocab]."""
+    s, t, labels = student_logits(), teacher_logits(vocab=V + 4), make_labels()
+    kw = dict(nll_weight=0.7, kd_weight=0.3, chunk_size=8, vocab_size=V)
+    results = []
+    for compile in (False, True):
+        out = salt_loss(s, labels, t, compile=compile, **kw)
+        (grad,) = torch.autograd.grad(out.loss, s)
+        results.append((out.loss.detach(), out.nll, out.kd, out.teacher_nll, grad))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert_value(results[1][3], ref_nll(t[..., :V], labels), TOL[torch.float32]["value"])
 
 
 # ---- 8. the package's plain reference (shared with the benchmarks) ------------------------------------------------
@@ -576,6 +593,7 @@ def test_package_reference_equals_the_naive_references(divergence, beta, tau):
     torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-12, atol=0.0)
     torch.testing.assert_close(out.nll, ref_nll(s, labels), rtol=1e-12, atol=0.0)
     torch.testing.assert_close(out.kd, ref_kd(s, t, labels, divergence, tau, beta), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(out.teacher_nll, ref_nll(t, labels), rtol=1e-12, atol=0.0)
     assert out.num_tokens.item() == (labels != IGNORE).sum().item()
     # the gradient flows back through the upcast into s's dtype (fp32): compare at fp32 rounding
     (grad,) = torch.autograd.grad(out.loss, s)
@@ -593,6 +611,127 @@ def test_fused_loss_equals_the_package_reference(divergence, beta, tau):
     fused = salt_loss(s, labels, t, chunk_size=5, **kw)
     reference = reference_salt_loss(s, labels, t, **kw)
     assert_value(fused.loss.detach(), reference.loss.detach(), TOL[torch.float32]["value"])
+    assert_value(fused.teacher_nll, reference.teacher_nll, TOL[torch.float32]["value"])
     (fused_grad,) = torch.autograd.grad(fused.loss, s)
     (reference_grad,) = torch.autograd.grad(reference.loss, s)
     assert_grad(fused_grad, reference_grad.double(), TOL[torch.float32]["grad"], torch.float32)
+
+
+# ---- 9. the teacher's next-token NLL (`teacher_nll`) ---------------------------------------------------------------
+
+# (divergence, beta, tau): the fast forward-KL path (tau 1), the general path at tau 1 (log p gathered) and at tau != 1
+# (logsumexp of the teacher's logits)
+TEACHER_NLL_CASES = [
+    ("forward_kl", 0.5, 1.0),
+    ("forward_kl", 0.5, 2.0),
+    ("reverse_kl", 0.5, 1.0),
+    ("reverse_kl", 0.5, 0.5),
+    ("jsd", 0.5, 1.0),
+    ("jsd", 0.1, 2.0),
+]
+TEACHER_NLL_IDS = [f"{d}-{b}-tau{tau:g}" for d, b, tau in TEACHER_NLL_CASES]
+
+
+def package_reference(*args, **kwargs):
+    from salt_hf.losses import reference_salt_loss
+
+    return reference_salt_loss(*args, **kwargs)
+
+
+@pytest.mark.parametrize("chunk_size", [5, None], ids=["5", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("divergence", "beta", "tau"), TEACHER_NLL_CASES, ids=TEACHER_NLL_IDS)
+def test_teacher_nll_matches_reference(divergence, beta, tau, dtype, chunk_size):
+    """The teacher's NLL at temperature 1, whatever the divergence and temperature of the KD term."""
+    s, t, labels = student_logits(dtype), teacher_logits(dtype), make_labels()
+    kw = dict(nll_weight=0.6, kd_weight=0.4, divergence=divergence, beta=beta, temperature=tau)
+    out = salt_loss(s, labels, t, chunk_size=chunk_size, **kw)
+    expected = ref_nll(t, labels)  # at tau 1: the teacher's logits as they are
+    assert expected.item() > 1.0
+    assert_value(out.teacher_nll, expected, TOL[dtype]["value"])
+    reference = package_reference(s, labels, t, **kw)
+    assert reference.teacher_nll.dtype == torch.float64 and not reference.teacher_nll.requires_grad
+    torch.testing.assert_close(reference.teacher_nll, expected, rtol=1e-12, atol=0.0)
+    # the rest of the output is what it was: the teacher's NLL is reported, not added to the loss
+    (grad,) = torch.autograd.grad(out.loss, s)
+    _, ref_g = ref_value_and_grad(ref_salt, s, t, labels, 0.6, 0.4, divergence, tau, beta)
+    assert_grad(grad, ref_g, TOL[dtype]["grad"], dtype)
+    torch.testing.assert_close(out.loss.detach(), 0.6 * out.nll + 0.4 * out.kd, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("divergence", "tau"), [("forward_kl", 1.0), ("reverse_kl", 2.0), ("jsd", 1.0)])
+@pytest.mark.parametrize(("v_student", "v_teacher"), [(41, 45), (45, 41), (45, 45), (44, 47)])
+def test_teacher_nll_over_the_real_vocabulary(v_student, v_teacher, divergence, tau):
+    """Padded logits: the teacher's softmax is over its first `vocab_size` columns, not its padding."""
+    real = 41
+    s, t, labels = student_logits(vocab=v_student), teacher_logits(vocab=v_teacher), make_labels(vocab=real)
+    kw = dict(nll_weight=0.5, kd_weight=0.5, divergence=divergence, temperature=tau, vocab_size=real)
+    out = salt_loss(s, labels, t, chunk_size=7, **kw)
+    expected = ref_nll(t[..., :real], labels)
+    assert_value(out.teacher_nll, expected, TOL[torch.float32]["value"])
+    assert_value(out.teacher_nll, package_reference(s, labels, t, **kw).teacher_nll, TOL[torch.float32]["value"])
+    if v_teacher > real:  # the padding columns would change it
+        assert abs(ref_nll(t, labels).item() - expected.item()) > 1e-3 * expected.item()
+
+
+@pytest.mark.parametrize("ignore_index", [-1, 3])
+@pytest.mark.parametrize(("divergence", "tau"), [("forward_kl", 1.0), ("reverse_kl", 1.0), ("jsd", 2.0)])
+def test_teacher_nll_leaves_ignored_tokens_out(ignore_index, divergence, tau):
+    s, t = student_logits(), teacher_logits()
+    labels = make_labels(ignore_index=ignore_index)
+    kw = dict(kd_weight=0.5, divergence=divergence, temperature=tau, ignore_index=ignore_index)
+    out = salt_loss(s, labels, t, chunk_size=5, **kw)
+    expected = ref_nll(t, labels, ignore_index)
+    assert_value(out.teacher_nll, expected, TOL[torch.float32]["value"])
+    assert_value(out.teacher_nll, package_reference(s, labels, t, **kw).teacher_nll, TOL[torch.float32]["value"])
+    # the logits of ignored tokens do not enter it
+    t2 = t.clone()
+    t2[labels == ignore_index] = 50.0 * torch.randn_like(t2[labels == ignore_index])
+    torch.testing.assert_close(salt_loss(s, labels, t2, chunk_size=5, **kw).teacher_nll, out.teacher_nll)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("divergence", "tau"), [("forward_kl", 1.0), ("reverse_kl", 1.0), ("jsd", 2.0)])
+def test_teacher_nll_with_banned_tokens(divergence, tau, dtype):
+    """A teacher logit of -inf on tokens that are never labels (e.g. banned ids): the teacher's NLL stays finite."""
+    s, labels = student_logits(dtype), make_labels()
+    t = teacher_logits(dtype)
+    g = torch.Generator().manual_seed(4)
+    banned = torch.rand(B, T, V, generator=g) < 0.2
+    banned.scatter_(-1, torch.where(labels == IGNORE, 0, labels).unsqueeze(-1), False)  # never the label
+    banned[:, :, -3:] = True  # and some columns banned everywhere (no label falls there)
+    labels[labels >= V - 3] = IGNORE
+    t = t.masked_fill(banned, float("-inf"))
+    out = salt_loss(s, labels, t, kd_weight=0.5, divergence=divergence, temperature=tau, chunk_size=5)
+    assert torch.isfinite(out.teacher_nll)
+    assert_value(out.teacher_nll, ref_nll(t, labels), TOL[dtype]["value"])
+    reference = package_reference(s, labels, t, kd_weight=0.5, divergence=divergence, temperature=tau)
+    assert_value(out.teacher_nll, reference.teacher_nll, TOL[dtype]["value"])
+
+
+@pytest.mark.parametrize(("divergence", "tau"), [("forward_kl", 1.0), ("jsd", 2.0)])
+def test_teacher_nll_is_zero_without_kd_term(divergence, tau):
+    """No teacher, or kd_weight == 0: the teacher is never looked at and `teacher_nll` is 0 (as in the reference)."""
+    s, t, labels = student_logits(), teacher_logits(), make_labels()
+    kw = dict(divergence=divergence, temperature=tau)
+    for teacher, kd_weight in ((None, 0.0), (None, 0.5), (t, 0.0)):
+        out = salt_loss(s, labels, teacher, kd_weight=kd_weight, **kw)
+        assert out.teacher_nll.dim() == 0 and out.teacher_nll.dtype == torch.float32
+        assert out.teacher_nll.item() == 0.0 and not out.teacher_nll.requires_grad
+        reference = package_reference(s, labels, teacher, kd_weight=kd_weight, **kw)
+        assert reference.teacher_nll.dtype == torch.float64 and reference.teacher_nll.item() == 0.0
+    # the reference still reports the KD term with a zero weight; only the teacher's NLL follows the fused loss
+    assert package_reference(s, labels, t, kd_weight=0.0, **kw).kd.item() > 1.0
+
+
+def test_teacher_nll_is_the_fifth_field():
+    s, t, labels = student_logits(), teacher_logits(), make_labels()
+    out = salt_loss(s, labels, t, nll_weight=0.5, kd_weight=0.5)
+    assert SALTLossOutput._fields == ("loss", "nll", "kd", "num_tokens", "teacher_nll")
+    loss, nll, kd, num_tokens, teacher_nll = out
+    assert teacher_nll is out.teacher_nll and num_tokens is out.num_tokens
+    # detached: a backward through the loss is unaffected by it
+    assert not teacher_nll.requires_grad and teacher_nll.grad_fn is None
+    (grad,) = torch.autograd.grad(loss, s)
+    _, ref_g = ref_value_and_grad(ref_salt, s, t, labels, 0.5, 0.5, "forward_kl", 1.0, 0.5)
+    assert_grad(grad, ref_g, 1e-5, torch.float32)

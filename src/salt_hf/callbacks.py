@@ -24,12 +24,16 @@ class TeacherLifecycleCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.resolve_kd_steps(state.max_steps)
+        if self.trainer.kd_stop is not None:  # kd_steps="auto": the test's window and outcome, on resume
+            stored = state.stateful_callbacks.get(type(self.trainer.kd_stop).__name__)
+            self.trainer.kd_stop.restore(stored, self.trainer.kd_sampler)
         if self.trainer.kd_active(state.global_step):
             self.trainer.place_teacher()
         else:
             self._release(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.update_kd_stop(state.global_step)
         if not self.trainer.kd_active(state.global_step):
             self._release(state.global_step)
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from accelerate.utils import is_deepspeed_available
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
@@ -18,6 +19,9 @@ from .speedups import LayerwiseDirection, SeqWarmupSchedule
 # Fraction of the run spent in the KD stage when neither `kd_steps` nor `kd_ratio` is given: the paper's recipe (its
 # main run distils for 36K of ~208K steps). What our benchmarks measured about it: benchmarks/RESULTS.md.
 DEFAULT_KD_RATIO = 0.2
+# kd_steps="auto" (salt_hf.kd_stop): the window of the catch-up test, and its floor and ceiling as fractions of the
+# run. The measurements behind them: benchmarks/RESULTS.md, section 6.
+AUTO_WINDOW, AUTO_MIN_RATIO, AUTO_MAX_RATIO = 25, 0.05, 0.5
 TeacherPlacement = Literal["replicate", "zero3"]
 TEACHER_PLACEMENTS: tuple[str, ...] = get_args(TeacherPlacement)
 # The fields whose value must be one of a Literal's choices (the CLI's parser refuses others by itself).
@@ -57,13 +61,27 @@ class SALTConfig(TrainingArguments):
 
         kd_weight (`float`, *optional*, defaults to `0.5`):
             w, the initial KD weight in [0, 1]. 0 turns SALT off (plain `Trainer`).
-        kd_steps (`int`, *optional*):
-            n_KD, the number of optimizer steps of the KD stage. Exclusive with `kd_ratio`.
+        kd_steps (`int` or `"auto"`, *optional*):
+            n_KD, the number of optimizer steps of the KD stage. Exclusive with `kd_ratio`. `"auto"`: the trainer
+            ends the KD stage itself, at the first optimizer step from which the student's next-token loss, averaged
+            over the last `kd_auto_window` steps' KD batches, is at or below the teacher's on the same tokens
+            (`salt_hf.kd_stop.AutoKDStop`), but not before `kd_auto_min_ratio` nor after `kd_auto_max_ratio` of
+            `max_steps`.
         kd_ratio (`float`, *optional*):
             n_KD as a fraction of the run's optimizer steps (rounded up). Exclusive with `kd_steps`; when neither is
             given, `DEFAULT_KD_RATIO` (0.2) applies.
+        kd_auto_window (`int`, *optional*, defaults to `AUTO_WINDOW`):
+            With `kd_steps="auto"`: how many optimizer steps the catch-up test averages over; under the linear
+            schedules also the number of steps over which w falls to 0 once the test fires.
+        kd_auto_min_ratio (`float`, *optional*, defaults to `AUTO_MIN_RATIO`):
+            With `kd_steps="auto"`: the earliest step at which the test may fire, as a fraction of `max_steps`
+            (rounded up).
+        kd_auto_max_ratio (`float`, *optional*, defaults to `AUTO_MAX_RATIO`):
+            With `kd_steps="auto"`: the step at which the KD stage ends if the test has not fired before.
         kd_schedule (`str`, *optional*, defaults to `"step"`):
-            `"step"`, `"linear_decay"` or `"linear_ratio_decay"` (see `salt_hf.schedules.kd_weight`).
+            `"step"`, `"linear_decay"` or `"linear_ratio_decay"` (see `salt_hf.schedules.kd_weight`). With
+            `kd_steps="auto"`, w stays at `kd_weight` until the KD stage's end is decided; `"step"` then drops it to
+            0 and the linear schedules take it down over the next `kd_auto_window` steps.
         kd_divergence (`str`, *optional*, defaults to `"forward_kl"`):
             `"forward_kl"` KL(teacher || student), `"reverse_kl"` or `"jsd"`.
         kd_jsd_beta (`float`, *optional*, defaults to `0.5`):
@@ -136,13 +154,28 @@ class SALTConfig(TrainingArguments):
         default=0.5,
         metadata={"help": "Initial KD weight w in [0, 1]; the loss is (1 - w_t) NLL + w_t KD. 0: SALT off."},
     )
-    kd_steps: int | None = field(
+    kd_steps: int | str | None = field(
         default=None,
-        metadata={"help": "n_KD: optimizer steps of the KD stage. Exclusive with kd_ratio."},
+        metadata={
+            "help": "n_KD: optimizer steps of the KD stage, or 'auto' (it ends when the student has caught up with "
+            "the teacher). Exclusive with kd_ratio."
+        },
     )
     kd_ratio: float | None = field(
         default=None,
         metadata={"help": f"n_KD as a fraction of max_steps (default {DEFAULT_KD_RATIO}). Exclusive with kd_steps."},
+    )
+    kd_auto_window: int = field(
+        default=AUTO_WINDOW,
+        metadata={"help": "kd_steps='auto': optimizer steps whose KD batches the catch-up test averages over."},
+    )
+    kd_auto_min_ratio: float = field(
+        default=AUTO_MIN_RATIO,
+        metadata={"help": "kd_steps='auto': the earliest step the KD stage may end, as a fraction of max_steps."},
+    )
+    kd_auto_max_ratio: float = field(
+        default=AUTO_MAX_RATIO,
+        metadata={"help": "kd_steps='auto': the latest step the KD stage ends, as a fraction of max_steps."},
     )
     kd_schedule: KDSchedule = field(
         default="step",
@@ -293,6 +326,10 @@ class SALTConfig(TrainingArguments):
         self._check_kd_length()
 
     def _check_kd_length(self) -> None:
+        if isinstance(self.kd_steps, str):
+            self.kd_steps = _parse_kd_steps(self.kd_steps)
+        if self.kd_steps == "auto":
+            return self._check_kd_auto()
         if self.kd_steps is not None and self.kd_ratio is not None:
             raise ValueError(
                 f"kd_steps={self.kd_steps} and kd_ratio={self.kd_ratio} are both set; set exactly one of them."
@@ -306,6 +343,27 @@ class SALTConfig(TrainingArguments):
                 f"kd_steps={self.kd_steps} is beyond max_steps={self.max_steps}: the KD stage would never end. "
                 "Lower kd_steps or use kd_ratio."
             )
+
+    def _check_kd_auto(self) -> None:
+        if self.kd_ratio is not None:
+            raise ValueError(f"kd_steps='auto' and kd_ratio={self.kd_ratio} are both set; set exactly one of them.")
+        if self.max_steps <= 0:
+            raise ValueError(
+                "kd_steps='auto' needs max_steps > 0 (its floor and ceiling are fractions of the run); got "
+                f"max_steps={self.max_steps}. Set max_steps instead of num_train_epochs."
+            )
+        if self.kd_auto_window < 1:
+            raise ValueError(f"kd_auto_window={self.kd_auto_window} must be >= 1 optimizer step.")
+        if not 0.0 <= self.kd_auto_min_ratio <= self.kd_auto_max_ratio <= 1.0:
+            raise ValueError(
+                f"kd_auto_min_ratio={self.kd_auto_min_ratio} and kd_auto_max_ratio={self.kd_auto_max_ratio} must "
+                "satisfy 0 <= kd_auto_min_ratio <= kd_auto_max_ratio <= 1."
+            )
+
+    @property
+    def kd_auto(self) -> bool:
+        """Whether the trainer decides where the KD stage ends (`kd_steps="auto"`)."""
+        return self.kd_steps == "auto"
 
     def _check_selection(self) -> None:
         if not 0.0 < self.kd_select_fraction <= 1.0:
@@ -370,9 +428,43 @@ class SALTConfig(TrainingArguments):
             )
 
     def resolve_kd_steps(self, max_steps: int) -> int:
-        """n_KD for a run of `max_steps` optimizer steps (`kd_ratio` is rounded up, like `warmup_ratio`)."""
+        """n_KD for a run of `max_steps` optimizer steps (`kd_ratio` is rounded up, like `warmup_ratio`); with
+        `kd_steps="auto"` the latest step at which the KD stage ends (its ceiling)."""
+        if self.kd_auto:
+            return steps_of(self.kd_auto_max_ratio, max_steps)
         if self.kd_steps is not None:
             return self.kd_steps
-        ratio = DEFAULT_KD_RATIO if self.kd_ratio is None else self.kd_ratio
-        # round first: 0.07 * 100 is 7.000000000000001 in floating point and must give 7, not 8
-        return math.ceil(round(ratio * max_steps, 9))
+        return steps_of(DEFAULT_KD_RATIO if self.kd_ratio is None else self.kd_ratio, max_steps)
+
+
+def steps_of(ratio: float, max_steps: int) -> int:
+    """A fraction of a run in optimizer steps, rounded up like `warmup_ratio`."""
+    # round first: 0.07 * 100 is 7.000000000000001 in floating point and must give 7, not 8
+    return math.ceil(round(ratio * max_steps, 9))
+
+
+def _parse_kd_steps(value: str) -> int | str:
+    """kd_steps as the CLI hands it over (a string): 'auto' or a whole number."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"kd_steps={value!r} must be a whole number of optimizer steps or 'auto'.") from None
+
+
+def as_salt_config(args: SALTConfig | None) -> SALTConfig:
+    """`args` checked for `SALTTrainer`: a SALTConfig (a default one for None) whose optional parts are installed."""
+    if args is None:
+        return SALTConfig(output_dir="trainer_output")
+    if not isinstance(args, SALTConfig):
+        raise TypeError(
+            f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the "
+            "same fields (it subclasses TrainingArguments)."
+        )
+    if args.kd_weight > 0.0 and args.teacher_placement == "zero3" and not is_deepspeed_available():
+        raise ImportError(
+            "teacher_placement='zero3' shards the teacher with DeepSpeed, which is not installed: "
+            "pip install 'salt_hf[deepspeed]' (or use teacher_placement='replicate')."
+        )
+    return args

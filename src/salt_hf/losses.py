@@ -4,6 +4,10 @@ Every loss here returns the SUM over supervised tokens (labels != ignore_index).
 number of supervised tokens (`num_items_in_batch` in the Trainer), so the result does not depend on how a batch is
 split into micro-batches or processes.
 
+Beside the student's NLL and the KD term, the loss reports `teacher_nll`, the teacher's next-token NLL at tau 1 on the
+same tokens (the reference point of the student's NLL). It is read off the teacher log-probs that the KD term forms
+anyway (one gather; one logsumexp over the teacher's logits at tau != 1), and is 0 when the KD term is skipped.
+
 Memory: full-vocabulary logits are the largest tensors of a language-model step. The losses walk over the tokens
 in chunks and compute, for each chunk, both the value and the gradient with respect to the student's logits in one
 pass, in fp32 (as Liger-Kernel's fused losses do). Autograd therefore keeps one gradient buffer the size of the
@@ -49,6 +53,7 @@ class SALTLossOutput(NamedTuple):
     nll: torch.Tensor
     kd: torch.Tensor
     num_tokens: torch.Tensor
+    teacher_nll: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -133,17 +138,33 @@ def _teacher_log_probs(teacher_chunk: torch.Tensor, vocab_size: int, tau: float,
     return log_p.clamp_(min=torch.finfo(torch.float32).min) if clamp else log_p
 
 
-def _forward_kl_fast(teacher_chunk, log_q1, vocab_size):
-    """(per-token KL(p || q), p) at tau 1; the clamp pass is paid only by chunks whose teacher has -inf logits."""
+def _label_nll(log_probs: torch.Tensor, mask: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """Sum over supervised tokens of -log_probs[label]: one gather, no pass over the vocabulary."""
+    return torch.where(mask, -log_probs.gather(-1, safe).squeeze(-1), 0.0).sum()
+
+
+def _forward_kl_fast(teacher_chunk, log_q1, vocab_size, mask, safe):
+    """
+    (per-token KL(p || q), p, teacher NLL sum) at tau 1; the clamp pass is paid only by chunks whose teacher has -inf
+    logits.
+    """
     for clamp in (False, True):
         log_p = _teacher_log_probs(teacher_chunk, vocab_size, 1.0, clamp=clamp)
+        teacher_nll = _label_nll(log_p, mask, safe)  # before log_p is overwritten below
         p = log_p.exp()
         kd_tok = _rowdot(p, log_p.sub_(log_q1))
         if clamp or bool(torch.isfinite(kd_tok).all()):
-            return kd_tok, p
+            return kd_tok, p, teacher_nll
 
 
-# ---- one function per path: (student chunk, teacher chunk, labels, fp32 gradient out or None) -> (nll, kd) -------
+def _tempered_teacher_nll(teacher_chunk, vocab_size, mask, safe):
+    """The teacher's NLL sum at tau 1 when its log-probs are formed at another tau: logsumexp(t) - t[label]."""
+    t = teacher_chunk[:, :vocab_size]
+    nll = torch.logsumexp(t.float(), dim=-1) - t.gather(-1, safe).squeeze(-1).float()
+    return torch.where(mask, nll, 0.0).sum()
+
+
+# ---- one function per path: (student, teacher, labels, fp32 gradient out or None) -> (nll, kd, teacher_nll) -------
 
 
 def _student_nll(s: torch.Tensor, labels: torch.Tensor, o: LossOptions):
@@ -173,7 +194,8 @@ def _nll_chunk(student, teacher, labels, grad, o: LossOptions):
         if o.nll_weight != 1.0:
             grad.mul_(o.nll_weight)
         _finish_grad(grad, mask, safe, o.nll_weight)
-    return nll, torch.zeros((), dtype=torch.float32, device=student.device)
+    zero = torch.zeros((), dtype=torch.float32, device=student.device)
+    return nll, zero, zero  # no KD term: the teacher is not looked at
 
 
 def _fast_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
@@ -182,7 +204,7 @@ def _fast_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
     (1 - w)(q - onehot) + w(q - p) = q - w p - (1 - w) onehot is written straight into the buffer.
     """
     log_q1, nll, mask, safe = _student_nll(student.float(), labels, o)
-    kd_tok, p = _forward_kl_fast(teacher, log_q1, o.vocab_size)
+    kd_tok, p, teacher_nll = _forward_kl_fast(teacher, log_q1, o.vocab_size, mask, safe)
     kd = torch.where(mask, kd_tok, 0.0).sum()
     if grad is not None:
         torch.exp(log_q1, out=grad)
@@ -190,7 +212,7 @@ def _fast_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
             grad.mul_(o.nll_weight + o.kd_weight)
         grad.sub_(p, alpha=o.kd_weight)
         _finish_grad(grad, mask, safe, o.nll_weight)
-    return nll, kd
+    return nll, kd, teacher_nll
 
 
 def _divergence_chunk(student, teacher, labels, grad, o: LossOptions):
@@ -208,6 +230,10 @@ def _divergence_chunk(student, teacher, labels, grad, o: LossOptions):
         sk = s[:, :vocab]
         log_q = torch.log_softmax(sk / tau if tau != 1.0 else sk, dim=-1)
     log_p = _teacher_log_probs(teacher, vocab, tau)
+    if tau == 1.0:
+        teacher_nll = _label_nll(log_p, mask, safe)  # before log_p is consumed below
+    else:
+        teacher_nll = _tempered_teacher_nll(teacher, vocab, mask, safe)
     kd_tok, kd_grad = _divergence_and_grad(log_q, log_p, o.divergence, o.beta, grad is not None)
     del log_q, log_p
     kd = torch.where(mask, kd_tok, 0.0).sum() * (tau * tau)
@@ -215,14 +241,14 @@ def _divergence_chunk(student, teacher, labels, grad, o: LossOptions):
         # tau^2 (scale of the loss) x 1/tau (chain rule through z / tau)
         grad[:, :vocab].add_(kd_grad, alpha=o.kd_weight * tau)
         _finish_grad(grad, mask, safe, o.nll_weight)
-    return nll, kd
+    return nll, kd, teacher_nll
 
 
 def _nll_forward_kl_terms(s, t, labels, ignore_index: int, nll_weight: torch.Tensor, kd_weight: torch.Tensor):
     """
     The fast path's chunk written for `torch.compile` (which fuses it into a few passes over the chunk): (NLL sum,
-    forward-KL sum, fp32 gradient w.r.t. the student logits). The weights are tensors so that a changing KD weight
-    does not trigger a recompilation.
+    forward-KL sum, teacher NLL sum, fp32 gradient w.r.t. the student logits). The weights are tensors so that a
+    changing KD weight does not trigger a recompilation.
     """
     mask = labels != ignore_index
     safe = torch.where(mask, labels, 0).unsqueeze(-1)
@@ -231,10 +257,12 @@ def _nll_forward_kl_terms(s, t, labels, ignore_index: int, nll_weight: torch.Ten
     p = log_p.exp()
     kd = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
     nll = -log_q.gather(-1, safe).squeeze(-1)
+    teacher_nll = -log_p.gather(-1, safe).squeeze(-1)
     grad = (nll_weight + kd_weight) * log_q.exp() - kd_weight * p
     grad = grad.scatter_add(-1, safe, (-nll_weight).expand(safe.shape).to(grad.dtype))
     grad = grad * mask.unsqueeze(-1)
-    return torch.where(mask, nll, 0.0).sum(), torch.where(mask, kd, 0.0).sum(), grad
+    sums = [torch.where(mask, x, 0.0).sum() for x in (nll, kd, teacher_nll)]
+    return *sums, grad
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -244,12 +272,13 @@ def _compiled_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
     if "chunk" not in _COMPILED:
         _COMPILED["chunk"] = torch.compile(_nll_forward_kl_terms, dynamic=True)
     weights = torch.tensor([o.nll_weight, o.kd_weight], dtype=torch.float32, device=student.device)
-    nll, kd, chunk_grad = _COMPILED["chunk"](student, teacher, labels, o.ignore_index, *weights)
+    teacher = teacher[:, : o.vocab_size]  # a teacher padded wider than the shared vocabulary
+    nll, kd, teacher_nll, chunk_grad = _COMPILED["chunk"](student, teacher, labels, o.ignore_index, *weights)
     grad.copy_(chunk_grad)
-    return nll, kd
+    return nll, kd, teacher_nll
 
 
-ChunkPath = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+ChunkPath = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def _choose_path(o: LossOptions, has_teacher: bool, student_vocab: int, need_grad: bool) -> ChunkPath:
@@ -265,11 +294,13 @@ def _choose_path(o: LossOptions, has_teacher: bool, student_vocab: int, need_gra
 
 
 def _chunked_loss(student, teacher, labels, o: LossOptions, need_grad: bool):
-    """Walks over [N, V] logits in chunks of tokens; returns (nll_sum, kd_sum, num_tokens, grad or None)."""
+    """
+    Walks over [N, V] logits in chunks of tokens; returns (nll_sum, kd_sum, teacher_nll_sum, num_tokens, grad or
+    None).
+    """
     n_tokens, vocab = student.shape
     path = _choose_path(o, teacher is not None, vocab, need_grad)
-    nll_sum = torch.zeros((), dtype=torch.float32, device=student.device)
-    kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
+    nll_sum, kd_sum, teacher_nll_sum = (torch.zeros((), dtype=torch.float32, device=student.device) for _ in range(3))
     grad_buf = torch.empty_like(student) if need_grad else None
     for start in range(0, n_tokens, o.chunk_size):
         end = min(start + o.chunk_size, n_tokens)
@@ -279,13 +310,14 @@ def _chunked_loss(student, teacher, labels, o: LossOptions, need_grad: bool):
             in_place = grad_buf.dtype == torch.float32
             grad = grad_buf[start:end] if in_place else student.new_empty(end - start, vocab, dtype=torch.float32)
         chunk_teacher = None if teacher is None else teacher[start:end]
-        nll, kd = path(student[start:end], chunk_teacher, labels[start:end], grad, o)
+        nll, kd, teacher_nll = path(student[start:end], chunk_teacher, labels[start:end], grad, o)
         nll_sum += nll
         kd_sum += kd
+        teacher_nll_sum += teacher_nll
         if need_grad and not in_place:
             grad_buf[start:end].copy_(grad)
     num_tokens = (labels != o.ignore_index).sum()
-    return nll_sum, kd_sum, num_tokens, grad_buf
+    return nll_sum, kd_sum, teacher_nll_sum, num_tokens, grad_buf
 
 
 class _FusedNLLKDLoss(torch.autograd.Function):
@@ -294,15 +326,17 @@ class _FusedNLLKDLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, labels, options: LossOptions):
         need_grad = ctx.needs_input_grad[0]
-        nll_sum, kd_sum, num_tokens, grad_buf = _chunked_loss(student, teacher, labels, options, need_grad)
+        nll_sum, kd_sum, teacher_nll, num_tokens, grad_buf = _chunked_loss(
+            student, teacher, labels, options, need_grad
+        )
         loss = nll_sum * options.nll_weight
         if options.kd_weight != 0.0:
             loss = loss + kd_sum * options.kd_weight
-        ctx.mark_non_differentiable(nll_sum, kd_sum, num_tokens)
+        ctx.mark_non_differentiable(nll_sum, kd_sum, num_tokens, teacher_nll)
         if need_grad:
             ctx.save_for_backward(grad_buf)
         ctx.backward_done = False
-        return loss, nll_sum, kd_sum, num_tokens
+        return loss, nll_sum, kd_sum, num_tokens, teacher_nll
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
@@ -400,7 +434,8 @@ def salt_loss(
 
     Returns:
         `SALTLossOutput`: `loss` (differentiable w.r.t. `student_logits`), `nll` and `kd` (token sums, detached,
-        fp32) and `num_tokens` (supervised tokens).
+        fp32), `num_tokens` (supervised tokens) and `teacher_nll` (the teacher's NLL sum at temperature 1 over the
+        first `vocab_size` columns, detached, fp32; 0 without a teacher or when `kd_weight == 0`).
     """
     kd_vocab = _check_inputs(student_logits, teacher_logits, labels, vocab_size, divergence, temperature, beta)
     v_s = student_logits.shape[-1]
@@ -417,8 +452,7 @@ def salt_loss(
         chunk_size=_resolve_chunk_size(chunk_size, v_s),
         compile=compile,
     )
-    loss, nll, kd, num_tokens = _FusedNLLKDLoss.apply(student, teacher, labels.reshape(-1), options)
-    return SALTLossOutput(loss, nll, kd, num_tokens)
+    return SALTLossOutput(*_FusedNLLKDLoss.apply(student, teacher, labels.reshape(-1), options))
 
 
 def kd_loss(
@@ -500,6 +534,13 @@ def _reference_divergence(log_q, log_p, divergence: str, beta: float) -> torch.T
     return beta * kl_pm + (1.0 - beta) * kl_qm
 
 
+def _reference_teacher_nll(teacher, labels, mask) -> torch.Tensor:
+    """Sum over supervised tokens of -log softmax(teacher)[label] at temperature 1 (teacher: float64 [N, vocab])."""
+    log_p1 = torch.log_softmax(teacher, dim=-1)
+    label_log_probs = log_p1.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, -label_log_probs, 0.0).sum()
+
+
 def reference_salt_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -526,6 +567,7 @@ def reference_salt_loss(
     label_log_probs = log_q1.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
     nll = torch.where(mask, -label_log_probs, 0.0).sum()
     kd = torch.zeros((), dtype=torch.float64, device=student.device)
+    teacher_nll = torch.zeros((), dtype=torch.float64, device=student.device)
     if teacher_logits is not None:
         vocab = vocab_size or student.shape[-1]
         teacher = teacher_logits.detach().double().reshape(-1, teacher_logits.shape[-1])[:, :vocab]
@@ -534,5 +576,7 @@ def reference_salt_loss(
         log_p = torch.log_softmax(teacher / tau, dim=-1)
         per_token = _reference_divergence(log_q, log_p, divergence, beta)
         kd = torch.where(mask, per_token, 0.0).sum() * tau**2
+        if kd_weight != 0.0:  # as the fused loss: the teacher is not looked at without a KD term
+            teacher_nll = _reference_teacher_nll(teacher, labels, mask)
     loss = nll_weight * nll + kd_weight * kd
-    return SALTLossOutput(loss, nll.detach(), kd.detach(), mask.sum())
+    return SALTLossOutput(loss, nll.detach(), kd.detach(), mask.sum(), teacher_nll)

@@ -72,3 +72,19 @@ def kd_weight(step: int, *, schedule: str, weight: float, kd_steps: int) -> floa
     if step < 0:
         raise ValueError(f"step={step} must be >= 0.")
     return KD_SCHEDULES[schedule](step, weight, kd_steps)
+
+
+def auto_kd_weight(step: int, *, schedule: str, weight: float, stop_step: int | None, ramp: int) -> float:
+    """
+    `w_t` under `kd_steps="auto"`: `weight` until the KD stage's end is decided at `stop_step` (and while it is
+    undecided, None); from there `"step"` gives 0 and the linear schedules fall to 0 over the next `ramp` steps
+    (`kd_weight` of the schedule, counted from `stop_step`, with `kd_steps=ramp`).
+    """
+    if stop_step is None or step < stop_step:
+        return weight
+    return kd_weight(step - stop_step, schedule=schedule, weight=weight, kd_steps=0 if schedule == "step" else ramp)
+
+
+def auto_kd_end(schedule: str, stop_step: int, ramp: int) -> int:
+    """The first step with w = 0 under `kd_steps="auto"`, once the end was decided at `stop_step`."""
+    return stop_step if schedule == "step" else stop_step + ramp

@@ -6,18 +6,21 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from accelerate.utils import is_deepspeed_available
+from accelerate.logging import get_logger
 from transformers import PreTrainedModel, Trainer
 
 from .callbacks import TeacherLifecycleCallback
 from .checkpointing import PreemptionSafeCheckpoints
-from .config import SALTConfig
+from .config import SALTConfig, as_salt_config
+from .kd_stop import AutoKDStop
+from .labels import pop_shift_labels
 from .losses import salt_loss
-from .schedules import kd_weight
+from .schedules import auto_kd_end, auto_kd_weight, kd_weight
 from .selection import KDSelection, select_kd_data
 from .speedups import regroup_by_layer, warmup_inputs
 from .teacher import Teacher
+
+logger = get_logger(__name__)
 
 
 class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
@@ -45,6 +48,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
     Attributes:
         teacher (`salt_hf.teacher.Teacher` or `None`): the teacher and its lifecycle; None when SALT is off.
         kd_selection (`salt_hf.selection.KDSelection` or `None`): SALT_DS's scores and selection, once computed.
+        kd_sampler (`salt_hf.selection.KDSelectionSampler` or `None`): SALT_DS's sample order, once built.
     """
 
     # compute_loss divides the loss by the global number of supervised tokens itself.
@@ -58,7 +62,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         teacher_processing_class=None,
         **kwargs,
     ):
-        args = _check_args(args)
+        args = as_salt_config(args)
         source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         self.teacher: Teacher | None = None
         self.kd_vocab_size: int | None = None
@@ -83,16 +87,19 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP "
                 "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
-        # Our compute_loss consumes `num_items_in_batch` (it does not pass it to the model): ask the Trainer to count
-        # supervised tokens over the whole accumulated batch and across processes for every model, and to count them
-        # on shifted labels, since the NLL here is always the causal-LM next-token loss.
+        # compute_loss consumes `num_items_in_batch`: the Trainer counts supervised tokens over the accumulated batch
+        # and the processes for every model, on shifted labels (the NLL is always the next-token loss).
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
-        # [nll_sum, kd_sum, kd_tokens, tokens] since the last logging step, on this process
-        self._metric_sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
-        self._last_kd_weight = 0.0
+        # [nll_sum, kd_sum, kd_tokens, tokens, teacher_nll_sum] since the last logging step, on this process
+        self._metric_sums = torch.zeros(5, dtype=torch.float64, device=self.args.device)
+        # [nll_sum, teacher_nll_sum, tokens] of this optimizer step's KD micro-batches (kd_steps="auto")
+        self._step_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)
+        self._last_kd_weight, self.kd_sampler = 0.0, None
         if self.teacher is not None:
             self.add_callback(TeacherLifecycleCallback(self))
+        if self.teacher is not None and self.args.kd_auto:
+            self.add_callback(AutoKDStop.from_config(self.args))
 
     # ---- the KD stage ---------------------------------------------------------------------------------------------
 
@@ -103,14 +110,36 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
 
     @property
     def kd_steps(self) -> int:
-        """n_KD of this run (resolved from `kd_ratio` and the run's `max_steps` when training starts)."""
+        """n_KD, the first step with w = 0 (under kd_steps="auto": once decided; its latest value before)."""
+        stop = self.kd_stop
+        if stop is not None and stop.decided:
+            return auto_kd_end(self.args.kd_schedule, stop.stop_step, stop.window)
         if self._kd_steps is None:
             self.resolve_kd_steps(self.state.max_steps or self.args.max_steps)
         return self._kd_steps
 
     @property
-    def has_teacher(self) -> bool:
-        return self.teacher is not None
+    def kd_stop(self) -> AutoKDStop | None:
+        """The catch-up test that ends the KD stage under `kd_steps="auto"` (`salt_hf.kd_stop`), else None."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, AutoKDStop)), None)
+
+    def update_kd_stop(self, step: int) -> None:
+        """kd_steps="auto": the step's statistics, summed over processes (a collective: every process), to the test."""
+        stop = self.kd_stop
+        if stop is None or stop.decided:
+            return
+        reason = stop.update(step, self.accelerator.reduce(self._step_sums, reduction="sum").tolist())
+        self._step_sums.zero_()
+        if reason is None:
+            return
+        if self.kd_sampler is not None:  # SALT_DS: the selection's batches end with the KD stage
+            stop.end_data_selection(self.kd_sampler, self.kd_steps, self.accelerator, self.args)
+        logger.info(f"kd_steps='auto': the KD stage ends at step {self.kd_steps} ({reason})", main_process_only=True)
+        should_log = self.control.should_log  # on_log clears it: keep this step's own logging step
+        self.log(dict(reason))
+        self.control.should_log = should_log
+
+    has_teacher = property(lambda self: self.teacher is not None, doc="Whether this run distils from a teacher.")
 
     @property
     def teacher_model(self) -> torch.nn.Module | None:
@@ -121,7 +150,12 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         """w_t at an optimizer step; a function of the global step alone, so identical on every process."""
         if self.teacher is None:
             return 0.0
-        return kd_weight(step, schedule=self.args.kd_schedule, weight=self.args.kd_weight, kd_steps=self.kd_steps)
+        args, stop = self.args, self.kd_stop
+        if stop is not None:
+            return auto_kd_weight(
+                step, schedule=args.kd_schedule, weight=args.kd_weight, stop_step=stop.stop_step, ramp=stop.window
+            )
+        return kd_weight(step, schedule=args.kd_schedule, weight=args.kd_weight, kd_steps=self.kd_steps)
 
     def kd_active(self, step: int) -> bool:
         return self.current_kd_weight(step) > 0.0
@@ -133,11 +167,12 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
     def salt_settings(self) -> dict[str, Any]:
         """How this run used SALT, for model cards: the teacher, w, the schedule, n_KD and where the KD stage ended."""
         ended = self.teacher is not None and self.state.global_step >= self.kd_steps
+        kd_steps = ("auto" if self.args.kd_auto else self.kd_steps) if self.teacher is not None else 0
         return {
             "teacher": self.teacher.name if self.teacher is not None else None,
             "kd_weight": self.args.kd_weight if self.teacher is not None else 0.0,
             "kd_schedule": self.args.kd_schedule,
-            "kd_steps": self.kd_steps if self.teacher is not None else 0,
+            "kd_steps": kd_steps,
             "kd_end_step": self.kd_steps if ended else None,
         }
 
@@ -170,13 +205,14 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         if self.kd_selection is None:
             return super()._get_train_sampler(train_dataset)
         args = self.args
-        return self.kd_selection.sampler(
+        self.kd_sampler = self.kd_selection.sampler(
             len(self.train_dataset),
             kd_steps=self.kd_steps,
             max_steps=args.max_steps,
             global_batch=self._train_batch_size * args.gradient_accumulation_steps * args.world_size,
             seed=args.data_seed if args.data_seed is not None else args.seed,
         )
+        return self.kd_sampler
 
     # ---- optimizer ------------------------------------------------------------------------------------------------
 
@@ -203,18 +239,15 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
     ):
         training = model.training
         inputs = warmup_inputs(dict(inputs), self.state.global_step, self.args) if training else dict(inputs)
-        shift_labels = _pop_shift_labels(inputs)
+        shift_labels = pop_shift_labels(inputs)
         w = self.current_kd_weight(self.state.global_step) if training else 0.0
         outputs = model(**inputs)
-
         teacher_logits = None
         if w > 0.0:
-            # w comes from the global step: every process gets here on the same steps (a ZeRO-3 teacher's forward
-            # and placement are collectives). The teacher sees exactly the student's inputs.
+            # w is the same on every process (a ZeRO-3 teacher's forward and placement are collectives)
             self.place_teacher()
             with self.accelerator.autocast():
                 teacher_logits = self.teacher.logits(inputs)
-
         out = salt_loss(
             outputs.logits,
             shift_labels,
@@ -232,7 +265,10 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         loss = self._normalise(out.loss, out.num_tokens, num_items_in_batch)
         if training:
             kd_tokens = out.num_tokens if w > 0.0 else torch.zeros_like(out.num_tokens)
-            self._metric_sums += torch.stack([out.nll, out.kd, kd_tokens, out.num_tokens]).to(self._metric_sums)
+            sums = [out.nll, out.kd, kd_tokens, out.num_tokens, out.teacher_nll]
+            self._metric_sums += torch.stack([x.to(self._metric_sums) for x in sums])
+            if w > 0.0:
+                self._step_sums += torch.stack([x.to(self._step_sums) for x in (out.nll, out.teacher_nll, kd_tokens)])
             self._last_kd_weight = w
         return (loss, outputs) if return_outputs else loss
 
@@ -252,42 +288,13 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         if "loss" in logs:  # a training logging step: every process gets here together
             sums = self.accelerator.reduce(self._metric_sums, reduction="sum").tolist()
             self._metric_sums.zero_()
-            nll_sum, kd_sum, kd_tokens, tokens = sums
+            nll_sum, kd_sum, kd_tokens, tokens, teacher_nll_sum = sums
             logs["nll_loss"] = nll_sum / max(tokens, 1.0)
             logs["kd_loss"] = kd_sum / kd_tokens if kd_tokens > 0 else 0.0
+            if kd_tokens > 0:  # the teacher's loss on the KD batches' tokens, against the student's nll_loss
+                logs["teacher_nll"] = teacher_nll_sum / kd_tokens
             logs["kd_weight"] = self._last_kd_weight
         for key in [k for k in logs if k.endswith("_loss") and k.startswith("eval")]:
             # eval losses are the plain NLL per token (w = 0 in eval), comparable between SALT and the baseline
             logs[key[: -len("loss")] + "perplexity"] = math.exp(min(logs[key], 700.0))
         super().log(logs, start_time)
-
-
-def _check_args(args: SALTConfig | None) -> SALTConfig:
-    if args is None:
-        return SALTConfig(output_dir="trainer_output")
-    if not isinstance(args, SALTConfig):
-        raise TypeError(
-            f"SALTTrainer needs a SALTConfig as args, got {type(args).__name__}: use SALTConfig(...) with the "
-            "same fields (it subclasses TrainingArguments)."
-        )
-    if args.kd_weight > 0.0 and args.teacher_placement == "zero3" and not is_deepspeed_available():
-        raise ImportError(
-            "teacher_placement='zero3' shards the teacher with DeepSpeed, which is not installed: "
-            "pip install 'salt_hf[deepspeed]' (or use teacher_placement='replicate')."
-        )
-    return args
-
-
-def _pop_shift_labels(inputs: dict[str, Any]) -> torch.Tensor:
-    """Removes the labels from `inputs` and returns them shifted: position t predicts token t + 1."""
-    labels = inputs.pop("labels", None)
-    shift_labels = inputs.pop("shift_labels", None)
-    if shift_labels is not None:
-        return shift_labels
-    if labels is None:
-        raise ValueError(
-            "SALTTrainer needs `labels` (or `shift_labels`) in every batch: use a causal-LM collator such as "
-            "DataCollatorForLanguageModeling(tokenizer, mlm=False) or salt_hf.data's packing."
-        )
-    # the last position of each row predicts nothing
-    return F.pad(labels[..., 1:], (0, 1), value=-100)

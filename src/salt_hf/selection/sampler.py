@@ -51,7 +51,10 @@ class KDSelectionSampler(Sampler[int]):
     pass, repeating as often as the KD stage needs), then permutations of the whole dataset (one per pass, seeded)
     until `total_samples`. Position p of the stream belongs to optimizer step p // (global batch size), so with
     `kd_samples = n_KD * global batch` the switch happens exactly at step n_KD on every process; the stream is a
-    function of the seed alone, so skipping the first batches on resume reproduces it.
+    function of the seed and `kd_samples` alone, so skipping the first batches on resume reproduces it.
+
+    The stream is drawn lazily: `end_kd_stage` can still move the switch earlier while iterating (`kd_steps="auto"`),
+    to the first position not yet drawn at the latest.
     """
 
     def __init__(
@@ -66,9 +69,16 @@ class KDSelectionSampler(Sampler[int]):
         self.kd_samples = kd_samples
         self.total_samples = total_samples
         self.seed = seed
+        self.drawn = 0  # positions handed out by the current iteration
 
     def __len__(self) -> int:
         return self.total_samples
+
+    def end_kd_stage(self, position: int) -> int:
+        """Moves the switch to `position` or, if later, the first position not yet drawn; never later than it was.
+        Returns the switch's new position."""
+        self.kd_samples = min(self.kd_samples, max(position, self.drawn))
+        return self.kd_samples
 
     @staticmethod
     def _passes(pool: torch.Tensor | int, seed: int, count: int) -> Iterator[int]:
@@ -81,8 +91,15 @@ class KDSelectionSampler(Sampler[int]):
             yield from block.tolist()
 
     def __iter__(self) -> Iterator[int]:
-        yield from self._passes(self.selected, self.seed, self.kd_samples)
-        yield from self._passes(self.dataset_size, self.seed + 1, self.total_samples - self.kd_samples)
+        self.drawn = 0
+        for index in self._passes(self.selected, self.seed, self.kd_samples):
+            if self.drawn >= self.kd_samples:  # the switch moved earlier while iterating
+                break
+            self.drawn += 1
+            yield index
+        for index in self._passes(self.dataset_size, self.seed + 1, self.total_samples - self.drawn):
+            self.drawn += 1
+            yield index
 
 
 def describe_selection(scores: np.ndarray, selected: np.ndarray) -> dict[str, float]:
