@@ -54,8 +54,8 @@ def student(name: str, seed: int = 0, teacher: str = "main", **kd) -> RunSpec:
     return RunSpec(name, model=STUDENT, steps=STEPS, seed=seed, teacher=teacher, group=group, extra=extra, **kd)
 
 
-def auto(name: str, seed: int = 0, teacher: str = "main") -> RunSpec:
-    extra = {"kd_steps": "auto"}
+def auto(name: str, seed: int = 0, teacher: str = "main", extra: dict | None = None) -> RunSpec:
+    extra = {"kd_steps": "auto", **(extra or {})}
     return student(name, seed, teacher, kd_weight=W, kd_ratio=None, group="auto", extra=extra)
 
 
@@ -94,6 +94,7 @@ def students(best_ratio: float | None) -> list[RunSpec]:
         auto("auto_s2", seed=2),
         auto("auto_weak", teacher="weak"),
         auto("auto_strong", teacher="strong"),
+        auto("auto_ds", extra={"kd_data_selection": True}),  # SALT_DS: the KD stage on the teacher's selection
     ]
     if best_ratio is not None:
         out += [fixed(f"salt_r{best_ratio}_s{seed}", best_ratio, seed) for seed in (1, 2)]
@@ -157,10 +158,9 @@ def train(args) -> None:
     teachers = to_train(teacher_runs(), args)
     if teachers:
         train_group(teachers, args)  # small and quick: all at once
-    for _ in range(2):  # the second pass: the best fixed n_KD's seeds, once its seed-0 runs are stored
-        todo = to_train(students(best_fixed_ratio(args.corpus)), args)
-        for i in range(0, len(todo), 2):
-            train_group(todo[i : i + 2], args)
+    # two at a time; the list is drawn again after each pair, so the best fixed n_KD's seeds join once known
+    while todo := to_train(students(best_fixed_ratio(args.corpus)), args):
+        train_group(todo[:2], args)
 
 
 # ---- summary: over the stored runs -------------------------------------------------------------------------------
@@ -190,6 +190,10 @@ def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult]) -> di
         "wallclock_to_target_ratio": t_reach / sum(base.step_times_s) if t_reach is not None else None,
         "kd_end_step": r.kd_steps,
         "crosses_teacher_at_step": crossing_step(r, teacher.final_test_loss) if teacher else None,
+        # during KD, on its training batches: the first logging step with its loss at or below the teacher's
+        "catches_up_on_train_batches_at": next(
+            (h["step"] for h in r.train_log if "teacher_nll" in h and h["nll_loss"] <= h["teacher_nll"]), None
+        ),
         "kd_stop": stop,
         "train_wall_s": r.train_wall_s,
     }

@@ -170,6 +170,7 @@ def bad_inputs(tmp_path: Path, tokenizer, texts):
         "different tokenizers": ({**ft, "teacher_model_name_or_path": str(other_dir)}, "tokenizer differs"),
         "kd_steps beyond max_steps": ({**ft, "teacher_model_name_or_path": teacher_dir, "kd_steps": 50}, "max_steps"),
         "bad choice": ({"kd_schedule": "cosine"}, "cosine"),
+        "kd_steps neither a number nor auto": ({"kd_steps": "often"}, "or 'auto'"),
     }
 
 
@@ -267,19 +268,25 @@ def test_a_bug_below_the_cli_exits_non_zero_with_the_traceback(tmp_path):
     assert "salt-train: error" not in proc.stderr
 
 
-def test_model_card_holds_the_salt_settings(tmp_path, tokenizer):
+@pytest.mark.parametrize("kd_steps", ["2", "auto"])
+def test_model_card_holds_the_salt_settings(tmp_path, tokenizer, kd_steps):
     student_dir, teacher_dir = saved_pair(tmp_path, tokenizer)
-    extra = {"model_name_or_path": student_dir, "teacher_model_name_or_path": teacher_dir, "kd_steps": 2}
+    extra = {"model_name_or_path": student_dir, "teacher_model_name_or_path": teacher_dir, "kd_steps": kd_steps}
+    if kd_steps == "auto":  # the window is full after 2 steps, the floor is step 2: the test decides at 2 or 3
+        extra.update(kd_auto_window=2, kd_auto_min_ratio=0.5, kd_auto_max_ratio=0.75)
     assert train_cli.main(quick_args(tmp_path, data_files=text_file(tmp_path), **extra)) == 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "generated_from_trainer" in card and "- salt" in card  # Trainer.create_model_card's card, our tags
     section = card[card.index("## SALT") :]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    stop = [h["kd_stop_step"] for h in state["log_history"] if "kd_stop_step" in h]
+    assert stop == [] if kd_steps == "2" else len(stop) == 1 and 2 <= stop[0] <= 3
     for row in (
         f"| teacher | {teacher_dir} |",
         "| kd_weight (w) | 0.5 |",
         "| kd_schedule | step |",
-        "| kd_steps (n_KD) | 2 |",
-        "| KD stage ended at step | 2 |",
+        f"| kd_steps (n_KD) | {kd_steps} |",
+        f"| KD stage ended at step | {stop[0] if stop else 2} |",
     ):
         assert row in section, (row, section)
 
