@@ -172,11 +172,13 @@ def crossing_step(run: RunResult, loss: float) -> int | None:
 
 
 def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult]) -> dict:
-    """One student against its own seed's baseline: steps and wall-clock (teacher forward included) to reach the
-    baseline's final test loss, as fractions of the baseline's; where it crossed its teacher; where KD ended."""
+    """One student against its own seed's baseline: steps and wall-clock (teacher forward and SALT_DS scoring
+    included) to reach the baseline's final test loss, as fractions of the baseline's; where it crossed its teacher;
+    where KD ended. Wall-clock is read within the run (against its own plain steps) and against the baseline run."""
     target = base.final_test_loss
     reach = bench.first_step_at_or_below(r.curve_step_test_dev, target)
     t_reach = r.time_to_step(reach)
+    within = wallclock_within_run(r, reach, base.spec.steps)
     teacher = teachers.get(r.spec.teacher or "main")
     stop = next((h for h in r.train_log if "kd_stop_step" in h), None)  # kd_steps="auto": the decision's why
     return {
@@ -187,7 +189,11 @@ def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult]) -> di
         "final_dev_loss": r.final_dev_loss,
         "baseline_final_test_loss": target,
         "steps_to_target_ratio": reach / base.spec.steps if reach is not None else None,
-        "wallclock_to_target_ratio": t_reach / sum(base.step_times_s) if t_reach is not None else None,
+        "wallclock_to_target_ratio": within,
+        "wallclock_to_target_ratio_vs_baseline_run": t_reach / sum(base.step_times_s) if t_reach is not None else None,
+        "median_kd_step_over_plain_step": (
+            r.median_kd_step_s / r.median_plain_step_s if r.median_kd_step_s and r.median_plain_step_s else None
+        ),
         "kd_end_step": r.kd_steps,
         "crosses_teacher_at_step": crossing_step(r, teacher.final_test_loss) if teacher else None,
         # during KD, on its training batches: the first logging step with its loss at or below the teacher's
@@ -197,6 +203,21 @@ def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult]) -> di
         "kd_stop": stop,
         "train_wall_s": r.train_wall_s,
     }
+
+
+def wallclock_within_run(r: RunResult, reach: int | None, baseline_steps: int) -> float | None:
+    """
+    Wall-clock-to-target read within one run: its steps to the target at its own median KD-step and plain-step
+    times (SALT_DS's scoring added), over the baseline's steps at its median plain-step time. A plain step is the
+    baseline's computation, so the ratio needs no second run and no machine drift or co-running load between runs
+    enters it; medians keep out the spikes of a shared machine.
+    """
+    t_plain = r.median_plain_step_s or (r.median_kd_step_s if r.kd_steps == 0 else None)
+    if reach is None or not t_plain:
+        return None
+    kd_steps = min(reach, r.kd_steps)
+    kd_time = kd_steps * r.median_kd_step_s if kd_steps else 0.0
+    return (kd_time + (reach - kd_steps) * t_plain + r.scoring_s) / (baseline_steps * t_plain)
 
 
 def stats_block(names: list[str], rows: dict) -> dict:
