@@ -218,6 +218,21 @@ def test_linear_schedules_ramp_down_over_the_window_after_the_decision(
     assert sorted(set(calls)) == [0, 1, 2, 3] and trainer.teacher_model is None
 
 
+def test_epoch_based_run_takes_floor_and_ceiling_from_its_step_count(tmp_path, tokenizer, token_stream, teacher):
+    # no max_steps: 24 rows, 2 x 2 per step, one epoch = 6 steps; ceiling 0.3 of them = step 2
+    trainer, calls = auto_run(
+        tmp_path,
+        tokenizer,
+        teacher,
+        dataset(token_stream, 24),
+        max_steps=-1,
+        num_train_epochs=1,
+        kd_auto_max_ratio=0.3,
+    )
+    assert trainer.state.global_step == 6 and (trainer.kd_stop.min_step, trainer.kd_stop.max_step) == (0, 2)
+    assert trainer.kd_stop.stop_step == 2 and calls == [0, 0, 1, 1]
+
+
 def test_resume_before_at_and_after_the_switch_is_exact(tmp_path, tokenizer, token_stream, teacher, teacher_loads):
     teacher_dir = save_teacher(teacher, tokenizer, tmp_path / "teacher")
     ds = dataset(token_stream, 32, supervised=[24, 5, 17, 2] * 8)
@@ -305,11 +320,11 @@ def test_salt_ds_selection_ends_with_the_auto_stop_and_resumes_exactly(
 def test_auto_config_and_its_errors(tmp_path):
     base = dict(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
     assert SALTConfig(**base, max_steps=10, kd_steps="auto").resolve_kd_steps(10) == 5  # the ceiling, 0.5
+    assert SALTConfig(**base, kd_steps="auto").resolve_kd_steps(7) == 4  # epochs: the run's steps, known at train
     assert SALTConfig(**base, max_steps=10, kd_steps="7").kd_steps == 7  # as the CLI hands it over
     for bad, match in [
         (dict(max_steps=10, kd_steps="often"), "whole number of optimizer steps or 'auto'"),
         (dict(max_steps=10, kd_steps="auto", kd_ratio=0.2), "exactly one"),
-        (dict(kd_steps="auto"), "needs max_steps > 0"),
         (dict(max_steps=10, kd_steps="auto", kd_auto_window=0), "kd_auto_window"),
         (dict(max_steps=10, kd_steps="auto", kd_auto_min_ratio=0.6, kd_auto_max_ratio=0.4), "kd_auto_min_ratio"),
         (dict(max_steps=10, kd_steps="auto", kd_auto_max_ratio=1.5), "kd_auto_max_ratio"),

@@ -74,10 +74,11 @@ class SALTConfig(TrainingArguments):
             With `kd_steps="auto"`: how many optimizer steps the catch-up test averages over; under the linear
             schedules also the number of steps over which w falls to 0 once the test fires.
         kd_auto_min_ratio (`float`, *optional*, defaults to `AUTO_MIN_RATIO`):
-            With `kd_steps="auto"`: the earliest step at which the test may fire, as a fraction of `max_steps`
-            (rounded up).
+            With `kd_steps="auto"`: the earliest step at which the test may fire, as a fraction of the run's
+            optimizer steps (rounded up; `max_steps`, or the steps of `num_train_epochs`).
         kd_auto_max_ratio (`float`, *optional*, defaults to `AUTO_MAX_RATIO`):
-            With `kd_steps="auto"`: the step at which the KD stage ends if the test has not fired before.
+            With `kd_steps="auto"`: the step at which the KD stage ends if the test has not fired before, as a
+            fraction of the run's optimizer steps.
         kd_schedule (`str`, *optional*, defaults to `"step"`):
             `"step"`, `"linear_decay"` or `"linear_ratio_decay"` (see `salt_hf.schedules.kd_weight`). With
             `kd_steps="auto"`, w stays at `kd_weight` until the KD stage's end is decided; `"step"` then drops it to
@@ -171,11 +172,13 @@ class SALTConfig(TrainingArguments):
     )
     kd_auto_min_ratio: float = field(
         default=AUTO_MIN_RATIO,
-        metadata={"help": "kd_steps='auto': the earliest step the KD stage may end, as a fraction of max_steps."},
+        metadata={
+            "help": "kd_steps='auto': the earliest step the KD stage may end, as a fraction of the run's steps."
+        },
     )
     kd_auto_max_ratio: float = field(
         default=AUTO_MAX_RATIO,
-        metadata={"help": "kd_steps='auto': the latest step the KD stage ends, as a fraction of max_steps."},
+        metadata={"help": "kd_steps='auto': the latest step the KD stage ends, as a fraction of the run's steps."},
     )
     kd_schedule: KDSchedule = field(
         default="step",
@@ -347,11 +350,6 @@ class SALTConfig(TrainingArguments):
     def _check_kd_auto(self) -> None:
         if self.kd_ratio is not None:
             raise ValueError(f"kd_steps='auto' and kd_ratio={self.kd_ratio} are both set; set exactly one of them.")
-        if self.max_steps <= 0:
-            raise ValueError(
-                "kd_steps='auto' needs max_steps > 0 (its floor and ceiling are fractions of the run); got "
-                f"max_steps={self.max_steps}. Set max_steps instead of num_train_epochs."
-            )
         if self.kd_auto_window < 1:
             raise ValueError(f"kd_auto_window={self.kd_auto_window} must be >= 1 optimizer step.")
         if not 0.0 <= self.kd_auto_min_ratio <= self.kd_auto_max_ratio <= 1.0:

@@ -52,11 +52,11 @@ class AutoKDStop(TrainerCallback, ExportableState):
 
     _ATTRIBUTES = ("stop_step", "history", "reason", "data_switch")
 
-    @classmethod
-    def from_config(cls, args: SALTConfig) -> AutoKDStop:
-        """The test of a run with `args.kd_steps == "auto"`: its window, floor and ceiling from the config."""
-        floor, ceiling = (steps_of(r, args.max_steps) for r in (args.kd_auto_min_ratio, args.kd_auto_max_ratio))
-        return cls(args.kd_auto_window, min_step=floor, max_step=ceiling)
+    def set_bounds(self, args: SALTConfig, max_steps: int) -> None:
+        """The floor and the ceiling of a run of `max_steps` optimizer steps, from the config's ratios."""
+        self.min_step, self.max_step = (
+            steps_of(r, max_steps) for r in (args.kd_auto_min_ratio, args.kd_auto_max_ratio)
+        )
 
     def state(self) -> dict[str, Any]:
         args = {"window": self.window, "min_step": self.min_step, "max_step": self.max_step}

@@ -87,8 +87,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP "
                 "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
-        # compute_loss consumes `num_items_in_batch`: the Trainer counts supervised tokens over the accumulated batch
-        # and the processes for every model, on shifted labels (the NLL is always the next-token loss).
+        # the Trainer counts supervised tokens (on shifted labels) over the accumulated batch and processes, any model
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         # [nll_sum, kd_sum, kd_tokens, tokens, teacher_nll_sum] since the last logging step, on this process
@@ -99,13 +98,15 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         if self.teacher is not None:
             self.add_callback(TeacherLifecycleCallback(self))
         if self.teacher is not None and self.args.kd_auto:
-            self.add_callback(AutoKDStop.from_config(self.args))
+            self.add_callback(AutoKDStop(self.args.kd_auto_window))
 
     # ---- the KD stage ---------------------------------------------------------------------------------------------
 
     def resolve_kd_steps(self, max_steps: int) -> int:
         """Fixes n_KD for a run of `max_steps` optimizer steps (from `kd_steps` or `kd_ratio`) and returns it."""
         self._kd_steps = self.args.resolve_kd_steps(max_steps)
+        if self.kd_stop is not None:  # kd_steps="auto": its floor and ceiling in this run's steps
+            self.kd_stop.set_bounds(self.args, max_steps)
         return self._kd_steps
 
     @property
@@ -277,8 +278,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
             return loss_sum / num_tokens.clamp_min(1)
         loss = loss_sum / num_items_in_batch
         if self.args.average_tokens_across_devices:
-            # `num_items_in_batch` counts the tokens of all processes, and DDP / DeepSpeed average the gradients
-            # over processes: multiply back so the step equals one process holding the whole batch.
+            # `num_items_in_batch` counts all processes' tokens and DDP / DeepSpeed average over them: multiply back
             loss = loss * self.accelerator.num_processes
         return loss
 
