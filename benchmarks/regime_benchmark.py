@@ -345,12 +345,57 @@ def plot(corpus: str, summary: dict) -> None:
     plt.close(fig)
 
 
+def _fmt(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _stats(block: dict, key: str) -> str:
+    st = block[key]
+    seeds = ", ".join(_fmt(v) for v in st["seeds"])
+    return "-" if st["mean"] is None else f"{st['mean']:.3f} +- {st['std']:.3f} ({seeds})"
+
+
+def markdown(summary: dict) -> str:
+    """RESULTS.md's tables for one corpus, from its summary."""
+    lines = [
+        "| teacher | size | final test loss | gain in its last half | baseline passes it at step | KD all run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t, row in summary["teachers"].items():
+        reg = summary.get("regime", {}).get(t, {})
+        lines.append(
+            f"| {t} | {TEACHERS[t]} ({row['params']:,}) | {_fmt(row['final_test_loss'])} | "
+            f"{_fmt(row['gain_of_last_half'])} | {_fmt(reg.get('baseline_crosses_teacher_at_step'))} | "
+            f"{_fmt(reg.get('kd_all_final_loss'))} |"
+        )
+    lines += [
+        "",
+        "| run | final test loss | steps-to-target | wall-clock-to-target (in run / vs baseline run) | "
+        "KD ends at | passes teacher at |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in sorted(summary.get("runs", {}).items()):
+        wall = f"{_fmt(r['wallclock_to_target_ratio'])} / {_fmt(r['wallclock_to_target_ratio_vs_baseline_run'])}"
+        lines.append(
+            f"| {name} | {_fmt(r['final_test_loss'])} | {_fmt(r['steps_to_target_ratio'], 2)} | {wall} | "
+            f"{r['kd_end_step']} | {_fmt(r['crosses_teacher_at_step'])} |"
+        )
+    if "auto" in summary:
+        lines += ["", "| setting | steps-to-target | wall-clock-to-target | final test loss |", "|---|---|---|---|"]
+        for key in ("auto", "best_fixed"):
+            block = summary[key]
+            cells = [_stats(block, k) for k in ("steps_to_target_ratio", "wallclock_to_target_ratio", "final_loss")]
+            lines.append(f"| {key} ({', '.join(block['runs'])}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(corpora: list[str]) -> dict:
     path = ROOT / "summary.json"
     top = json.loads(path.read_text()) if path.is_file() else {}
     for corpus in corpora:
         top[corpus] = summarise(corpus)
         plot(corpus, top[corpus])
+        (ROOT / corpus / "tables.md").write_text(markdown(top[corpus]))
     bench.write_json(path, top, indent=2)
     return top
 
