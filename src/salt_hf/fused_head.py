@@ -122,75 +122,76 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
-# ---- the first step's check: the fused path's logits against the model's own ---------------------------------------
+# ---- the first step's check: the fused path's logits against the model's own, inside the real forward ---------------
 
 
-def _compare(own: torch.Tensor, fused: torch.Tensor, dtype: torch.dtype) -> str | None:
-    own = own.reshape(-1, own.shape[-1]).float()
-    if own.shape != fused.shape:
-        return f"its forward turns the output layer's [{', '.join(map(str, fused.shape))}] into {list(own.shape)}"
-    err = (own - fused).abs().max().item()
-    tol = CHECK_EPS * torch.finfo(dtype).eps * (1.0 + fused.abs().max().item())
-    if err <= tol:  # also False for NaN
-        return None
-    return (
-        f"its own logits differ from the fused path's by up to {err:.3g} (at most {tol:.3g} allowed) on the first "
-        f"{fused.shape[0]} positions: its forward post-processes the output layer's output in a way salt_hf does "
-        "not know"
-    )
-
-
-def check_own_logits(model: nn.Module, layer: OutputLayer, inputs: dict[str, Any], labels_shape) -> str | None:
+class Probe:
     """
-    Runs `model` on `inputs` without a graph and in eval mode, its output layer swapped for one that applies the real
-    layer to the first `CHECK_POSITIONS` positions and computes the fused path's logits beside it. Returns None when
-    the model's own logits equal the fused ones and the layer saw hidden states for every label, else the reason.
+    The first step's check of one model. Called by the swapped output layer in place of the placeholder, it returns
+    the real layer's output on the first `CHECK_POSITIONS` positions [1, P, V] as the model's "logits" and keeps the
+    fused path's logits for the same hidden states; `verdict` then compares the model's own logits with them. So the
+    check costs no extra forward and sees the forward exactly as training runs it (wrappers, autocast, dropout).
 
-    The whole batch runs (packed or padding-free inputs cannot be cut into rows); the vocabulary-wide tensors have
-    `CHECK_POSITIONS` rows. Under ZeRO-3 this forward is a collective, run by every process at the same step.
+    Args:
+        name (`str`): "student" or "teacher", for the reason.
+        layer (`OutputLayer`): the model's output layer.
+        labels_shape (`torch.Size`): the labels' shape, which the hidden states must have (but the width).
     """
-    seen: dict[str, Any] = {}
 
-    def forward(hidden):
-        seen["shape"], seen["dtype"] = tuple(hidden.shape[:-1]), _compute_dtype(hidden)
-        probe = hidden.reshape(-1, hidden.shape[-1])[:CHECK_POSITIONS]
-        seen["fused"] = layer.logits(probe)
-        return nn.Linear.forward(layer.module, probe).unsqueeze(0)
+    def __init__(self, name: str, layer: OutputLayer, labels_shape):
+        self.name, self.layer, self.labels_shape = name, layer, tuple(labels_shape)
+        self.shape = self.fused = self.dtype = None
 
-    unwrapped = extract_model_from_parallel(model)
-    training = unwrapped.training
-    unwrapped.eval()
-    try:
-        with torch.no_grad(), swapped_forward(layer.module, forward):
-            own = unwrapped(**inputs).logits
-    finally:
-        unwrapped.train(training)
-    if seen.get("shape") != tuple(labels_shape):
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.shape, self.dtype = tuple(hidden.shape[:-1]), _compute_dtype(hidden)
+        probe = hidden.detach().reshape(-1, hidden.shape[-1])[:CHECK_POSITIONS]
+        with torch.no_grad():
+            self.fused = self.layer.logits(probe)
+            return nn.Linear.forward(self.layer.module, probe).unsqueeze(0)
+
+    def verdict(self, own: torch.Tensor) -> str | None:
+        """None when the model's own logits equal the fused path's and every label had a position, else why not."""
+        if self.shape != self.labels_shape:
+            return (
+                f"the {self.name}'s output layer received hidden states for positions {self.shape} where the labels "
+                f"have {self.labels_shape} (does its forward call the output layer once, on every position?)"
+            )
+        own = own.detach().reshape(-1, own.shape[-1]).float()
+        if own.shape != self.fused.shape:
+            return (
+                f"the {self.name}'s forward turns its output layer's {list(self.fused.shape)} into {list(own.shape)}"
+            )
+        err = (own - self.fused).abs().max().item()
+        tol = CHECK_EPS * torch.finfo(self.dtype).eps * (1.0 + self.fused.abs().max().item())
+        if err <= tol:  # also False for NaN
+            return None
         return (
-            f"its output layer received hidden states for positions {seen.get('shape')} where the labels have "
-            f"{tuple(labels_shape)} (does its forward call the output layer once, on every position?)"
+            f"the {self.name}'s own logits differ from the fused path's by up to {err:.3g} (at most {tol:.3g} "
+            f"allowed) on its first {own.shape[0]} positions: its forward post-processes the output layer's output "
+            "in a way salt_hf does not know"
         )
-    return _compare(own, seen["fused"], seen["dtype"])
 
 
 # ---- the fused path -------------------------------------------------------------------------------------------------
 
 
-def teacher_hidden(teacher: nn.Module, layer: OutputLayer, inputs: dict[str, Any]) -> torch.Tensor:
+def teacher_hidden(
+    teacher: nn.Module, layer: OutputLayer, inputs: dict[str, Any], probe: Probe | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """
     The teacher's last hidden states for `inputs`, without a graph and without its logits, in the dtype its output
-    layer would compute in here (under autocast, autocast's): the fused loss then computes its logits as the layer
-    would.
+    layer would compute in here (under autocast, autocast's), so that the fused loss computes its logits as the layer
+    would; and what the teacher returned as logits (the `probe`'s, when one is given).
     """
     seen = {}
 
     def forward(hidden):
         seen["hidden"] = hidden.to(_compute_dtype(hidden))
-        return hidden.new_zeros(()).expand(*hidden.shape[:-1], 1)
+        return probe(hidden) if probe is not None else hidden.new_zeros(()).expand(*hidden.shape[:-1], 1)
 
     with torch.no_grad(), swapped_forward(layer.module, forward):
-        teacher(**inputs)
-    return seen["hidden"]
+        outputs = teacher(**inputs)
+    return seen["hidden"], outputs.logits
 
 
 def _gathered(layer: OutputLayer | None):
@@ -223,12 +224,14 @@ def fused_forward(
     inputs: dict[str, Any],
     labels: torch.Tensor,
     teacher: tuple[OutputLayer, torch.Tensor] | None = None,
+    probe: Probe | None = None,
     **loss_kwargs,
 ) -> tuple[Any, SALTLossOutput]:
     """
     The student's forward with `fused_linear_salt_loss` in place of its output layer: returns the model's outputs
-    (their `logits` a placeholder of zeros [..., 1]) and the loss. `teacher` is its output layer and hidden states
-    (`teacher_hidden`); `loss_kwargs` go to the loss (weights, divergence, temperature, vocab_size, chunk_size).
+    (their `logits` a placeholder: zeros [..., 1], or the `probe`'s [1, P, V]) and the loss. `teacher` is the
+    teacher's output layer and hidden states (`teacher_hidden`); `loss_kwargs` go to the loss (weights, divergence,
+    temperature, vocab_size, chunk_size).
     """
     results = []
     module = student.module
@@ -245,15 +248,16 @@ def fused_forward(
             **loss_kwargs,
         )
         results.append(out)
-        # zeros that depend on the loss: hooks on this layer's output then see the loss's backward pass through them
-        return (out.loss * 0.0).to(hidden.dtype).expand(*hidden.shape[:-1], 1).contiguous()
+        # 0 times the loss: the hooks on this layer's output then see the loss's backward pass through them
+        zero = (out.loss * 0.0).to(hidden.dtype)
+        return probe(hidden) + zero if probe is not None else zero.expand(*hidden.shape[:-1], 1).contiguous()
 
     with _gathered(teacher[0] if teacher is not None else None), swapped_forward(module, forward):
         outputs = model(**inputs)
     (out,) = results
     placeholder = outputs.logits
-    # + 0 exactly: the loss's gradient reaches the layer's backward hooks through the model's output
-    loss = out.loss + placeholder.sum() if placeholder.requires_grad else out.loss
+    # + 0 exactly, with the model's output in the loss's graph (its gradient there is 0)
+    loss = out.loss + (placeholder - placeholder.detach()).sum() if placeholder.requires_grad else out.loss
     return outputs, out._replace(loss=loss)
 
 
@@ -335,23 +339,33 @@ class FusedHead:
         `salt_hf.teacher.Teacher`, placed; None without one) at weight `kd_weight`. Logits are returned (the
         logits path) when `return_outputs` asks for them outside a loss-only evaluation.
         """
-        if self.implementation == "fused_linear" and not (return_outputs and not self.loss_only):
-            student = self._checked_layer("student", model, inputs, labels)
-            layer = None
-            if teacher is not None and student is not None:
-                with self.accelerator.autocast():  # the teacher runs under autocast, as on the logits path
-                    layer = self._checked_layer("teacher", teacher.module, inputs, labels)
-            if student is not None and (teacher is None or layer is not None):
-                return self._fused(model, student, inputs, labels, teacher, layer, kd_weight)
+        if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):
+            result = self._fused(model, inputs, labels, teacher, kd_weight)
+            if result is not None:
+                return result
         return self._logits(model, inputs, labels, teacher, kd_weight)
 
-    def _fused(self, model, student, inputs, labels, teacher, layer, kd_weight):
+    def _fused(self, model, inputs, labels, teacher, kd_weight):
+        """The fused path; None when a check fails (the run then uses the logits path from this batch on)."""
+        student = self._layer(model, "student")
         taught = None
-        if teacher is not None:
-            with self.accelerator.autocast():
-                taught = (layer, teacher_hidden(teacher.module, layer, inputs))
+        if student is not None and teacher is not None:
+            layer = self._layer(teacher.module, "teacher")
+            if layer is None:
+                return None
+            probe = self._probe("teacher", layer, labels)
+            with self.accelerator.autocast():  # as on the logits path
+                hidden, own = teacher_hidden(teacher.module, layer, inputs, probe)
+            if not self._passes(probe, own):
+                return None
+            taught = (layer, hidden)
+        if student is None:
+            return None
+        probe = self._probe("student", student, labels)
         options = self._options(kd_weight, taught is not None)
-        return fused_forward(model, student, inputs, labels, taught, **options)
+        outputs, out = fused_forward(model, student, inputs, labels, taught, probe, **options)
+        # a failed check drops this forward's graph; the logits path then runs the batch again
+        return (outputs, out) if self._passes(probe, outputs.logits) else None
 
     def _logits(self, model, inputs, labels, teacher, kd_weight):
         outputs = model(**inputs)
@@ -376,20 +390,28 @@ class FusedHead:
 
     # ---- the first step's checks --------------------------------------------------------------------------------
 
-    def _checked_layer(self, name: str, model, inputs, labels) -> OutputLayer | None:
-        """The model's output layer (looked up on every call: `model_init` replaces the model); None to fall back."""
+    def _layer(self, model, name: str) -> OutputLayer | None:
+        """The model's output layer, looked up on every batch (`model_init` replaces the model); None to fall back."""
         try:
-            layer = output_layer(model, name)
-        except NotFusableError as err:  # e.g. a teacher loaded from its path, checked only now
+            return output_layer(model, name)
+        except NotFusableError as err:
             self._refuse(str(err))
             return None
+
+    def _probe(self, name: str, layer: OutputLayer, labels: torch.Tensor) -> Probe | None:
+        """The first batch's check of a model, once per run; None after."""
         if name in self._checked:
-            return layer
-        self._checked.add(name)
-        reason = check_own_logits(model, layer, inputs, labels.shape)
-        # one decision for all processes: they run the same collectives from here on
-        failed = torch.tensor(float(reason is not None), device=labels.device)
-        if self.accelerator.reduce(failed, reduction="sum").item() > 0:
-            self._fall_back(f"the {name}'s check at the first step failed: {reason or 'on another process'}")
             return None
-        return layer
+        self._checked.add(name)
+        return Probe(name, layer, labels.shape)
+
+    def _passes(self, probe: Probe | None, own: torch.Tensor) -> bool:
+        if probe is None:
+            return True
+        reason = probe.verdict(own)
+        # one decision for all processes: they run the same collectives from here on
+        failed = torch.tensor(float(reason is not None), device=own.device)
+        if self.accelerator.reduce(failed, reduction="sum").item() > 0:
+            self._fall_back(f"the first step's check failed: {reason or 'on another process'}")
+            return False
+        return True
