@@ -10,10 +10,12 @@ loss, so that hooks on the layer's output (ZeRO-3 gathers the weight again befor
 
 A model qualifies when its output layer is a plain `torch.nn.Linear` (tied to the input embedding or not, with or
 without a bias) and what its forward does to that layer's output is known: nothing (Llama, Qwen2, GPT-2), Gemma's
-`final_logit_softcapping`, or the logit scales of `_LOGIT_SCALE`. That is checked twice: from the modules when the
-trainer is built, and at the first step by comparing the fused path's logits with the model's own forward on a few
-positions. "auto" falls back to the logits path, with one log line saying why, when a check fails; an explicit
-"fused_linear" raises on the first check and falls back on the second.
+`final_logit_softcapping`, or the logit scales of `_LOGIT_SCALE`; and the student is not sharded by FSDP or compiled
+by the Trainer. That is checked twice: from the modules when the trainer is built (a teacher given by its path: when
+it is placed), and at each model's first fused batch, inside its real forward, by comparing the fused path's logits
+with the model's own on a few positions (`Probe`), so that an architecture not foreseen here is never trained on
+another objective. "auto" falls back to the logits path, with one log line saying why, when a check fails; an
+explicit "fused_linear" raises on the first check and falls back on the second.
 """
 
 from __future__ import annotations
@@ -141,8 +143,10 @@ class Probe:
     def __init__(self, name: str, layer: OutputLayer, labels_shape):
         self.name, self.layer, self.labels_shape = name, layer, tuple(labels_shape)
         self.shape = self.fused = self.dtype = None
+        self.calls = 0
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         self.shape, self.dtype = tuple(hidden.shape[:-1]), _compute_dtype(hidden)
         probe = hidden.detach().reshape(-1, hidden.shape[-1])[:CHECK_POSITIONS]
         with torch.no_grad():
@@ -151,6 +155,8 @@ class Probe:
 
     def verdict(self, own: torch.Tensor) -> str | None:
         """None when the model's own logits equal the fused path's and every label had a position, else why not."""
+        if self.calls != 1:
+            return f"the {self.name}'s forward called its output layer {self.calls} times, not once"
         if self.shape != self.labels_shape:
             return (
                 f"the {self.name}'s output layer received hidden states for positions {self.shape} where the labels "
@@ -191,7 +197,9 @@ def teacher_hidden(
 
     with torch.no_grad(), swapped_forward(layer.module, forward):
         outputs = teacher(**inputs)
-    return seen["hidden"], outputs.logits
+    if "hidden" not in seen and probe is None:  # with a probe, its verdict says so
+        raise RuntimeError("the teacher's forward did not call its output layer: use loss_implementation='logits'")
+    return seen.get("hidden"), outputs.logits
 
 
 def _gathered(layer: OutputLayer | None):
@@ -229,7 +237,8 @@ def fused_forward(
 ) -> tuple[Any, SALTLossOutput]:
     """
     The student's forward with `fused_linear_salt_loss` in place of its output layer: returns the model's outputs
-    (their `logits` a placeholder: zeros [..., 1], or the `probe`'s [1, P, V]) and the loss. `teacher` is the
+    (their `logits` a placeholder: zeros [..., 1], or the `probe`'s [1, P, V]) and the loss (None when a probed
+    forward did not call the layer once). `teacher` is the
     teacher's output layer and hidden states (`teacher_hidden`); `loss_kwargs` go to the loss (weights, divergence,
     temperature, vocab_size, chunk_size).
     """
@@ -254,6 +263,13 @@ def fused_forward(
 
     with _gathered(teacher[0] if teacher is not None else None), swapped_forward(module, forward):
         outputs = model(**inputs)
+    if len(results) != 1:  # with a probe, its verdict says so; without one, a model that changed since the first step
+        if probe is not None:
+            return outputs, None
+        raise RuntimeError(
+            f"the student's forward called its output layer {len(results)} times, not once: use "
+            "loss_implementation='logits'"
+        )
     (out,) = results
     placeholder = outputs.logits
     # + 0 exactly, with the model's output in the loss's graph (its gradient there is 0)
