@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures import RESUME_RUN, config, dataset, flat_params, make_llama, one_sgd_step_config, save_teacher
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -312,3 +313,45 @@ def test_first_step_check_catches_an_unknown_post_processing(
     ref = SALTTrainer(model=again[0], teacher_model=again[1], args=args, train_dataset=ds)
     ref.train()
     assert torch.equal(flat_params(checked.model), flat_params(ref.model))
+
+
+# ---- 5. memory: no [tokens x vocab] tensor in a fused step -------------------------------------------------------
+
+
+class LargestTensor(TorchDispatchMode):
+    """The largest tensor with memory (meta tensors are shapes only) that an operator returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("kd_weight", [0.5, 0.0])  # the KD stage and the plain stage
+def test_fused_step_forms_no_tokens_by_vocab_tensor(tmp_path, tokenizer, token_stream, teacher, kd_weight):
+    ds = dataset(token_stream, 4)
+    largest = {}
+    for implementation in ("logits", "fused_linear"):
+        args = one_sgd_step_config(
+            str(tmp_path / implementation),
+            4,
+            1,
+            use_cpu=True,
+            kd_weight=kd_weight,
+            loss_implementation=implementation,
+            kd_chunk_size=16,
+        )
+        trainer = SALTTrainer(model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds)
+        with LargestTensor() as mode:
+            trainer.train()
+        largest[implementation] = mode.numel
+    tokens_by_vocab = 4 * 24 * len(tokenizer)
+    assert largest["logits"] >= tokens_by_vocab  # the control: the logits path forms them
+    # the fused path's largest tensors are the output weight and its gradient [V, H] (H = 32 < 4 x 24 tokens)
+    assert largest["fused_linear"] == len(tokenizer) * 32
