@@ -95,6 +95,7 @@ def select_kd_data(dataset, teacher, args, kd_steps: int, load_teacher: Callable
         batch_size=args.kd_select_batch_size or args.per_device_eval_batch_size,
         load_teacher=load_teacher,
         show_progress=not args.disable_tqdm,
+        fused=args.loss_implementation != "logits",
     )
     # the fraction (and the band) apply to the scored sequences
     selected = select_sequences(scores, fraction=args.kd_select_fraction, drop_top=args.kd_select_drop_top, seed=seed)
