@@ -102,7 +102,8 @@ class SALTConfig(TrainingArguments):
             `"fused_linear"` where the models qualify (a plain linear output layer whose output the model's forward
             leaves as it is, soft-caps or scales in a known way; checked when the trainer is built and against the
             model's own logits at the first step), else `"logits"`, with a log line saying why. An explicit
-            `"fused_linear"` raises when a model does not qualify. Evaluation that returns logits uses `"logits"`.
+            `"fused_linear"` raises before training when a model does not qualify, and falls back like `"auto"` when
+            the first step's comparison fails. Evaluation that returns logits uses `"logits"`.
 
     > SALT_DS (data selection)
 
