@@ -24,6 +24,7 @@ SALT_FIELDS = [
     "kd_jsd_beta",
     "kd_temperature",
     "kd_chunk_size",
+    "loss_implementation",
 ]
 
 
@@ -54,6 +55,7 @@ def test_defaults(tmp_path):
     assert config.kd_jsd_beta == 0.5
     assert config.kd_temperature == 1.0
     assert config.kd_chunk_size is None
+    assert config.loss_implementation == "auto"
     assert 0.0 < DEFAULT_KD_RATIO < 1.0
 
 
@@ -92,6 +94,7 @@ INVALID = [
     (dict(kd_schedule="linear_ratio_decay", kd_weight=1.0), ["kd_weight", "1.0", "linear_ratio_decay"]),
     (dict(kd_schedule="cosine"), ["kd_schedule", "cosine"]),
     (dict(kd_divergence="kl"), ["kd_divergence", "kl"]),
+    (dict(loss_implementation="liger"), ["loss_implementation", "liger"]),
     (dict(teacher_model_init_kwargs="dtype=bfloat16"), ["teacher_model_init_kwargs", "dtype=bfloat16"]),
 ]
 

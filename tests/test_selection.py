@@ -11,6 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 from fixtures import RESUME_RUN, SEQ, config, flat_params, make_llama, rows, save_teacher, tiny_salt_trainer
+from transformers import LlamaForCausalLM
 
 from salt_hf import SALTConfig, SALTTrainer
 from salt_hf.selection import (
@@ -178,6 +179,38 @@ def test_score_dataset_matches_direct_scores_then_hits_cache_and_resumes(tmp_pat
     resumed = score_dataset(None, ds, load_teacher=lambda: teacher, **kwargs)
     assert sum(seen) == 8 and np.array_equal(resumed, scores, equal_nan=True)
     hook.remove()
+
+
+class ScaledLogitsLlama(LlamaForCausalLM):
+    """A teacher whose forward post-processes its output layer's output in a way salt_hf cannot know."""
+
+    def forward(self, input_ids=None, **kwargs):
+        outputs = super().forward(input_ids=input_ids, **kwargs)
+        outputs.logits = outputs.logits * 2.0
+        return outputs
+
+
+def test_scoring_from_hidden_states_equals_logits_and_checks_its_teacher(tmp_path, token_stream, teacher, caplog):
+    """Scores from the teacher's hidden states (no [tokens x vocab] logits) equal those from its logits (issue 15)."""
+    ds = rows_dataset(token_stream, 10)
+    kwargs = dict(top_k=128, batch_size=4, shard_size=8)
+    widest = []
+    hook = teacher.lm_head.register_forward_hook(lambda m, a, out: widest.append(out.numel()))
+    fused = score_dataset(teacher, ds, cache_dir=tmp_path / "fused", **kwargs)
+    hook.remove()
+    from_logits = score_dataset(teacher, ds, cache_dir=tmp_path / "logits", fused=False, **kwargs)
+    np.testing.assert_allclose(fused, from_logits, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(fused).sum() >= 8
+    # the output layer returned a placeholder, once a probe of 8 positions: never a batch's logits
+    assert max(widest) == 8 * teacher.config.vocab_size < 4 * SEQ * teacher.config.vocab_size
+
+    torch.manual_seed(1)
+    scaled = ScaledLogitsLlama(teacher.config)
+    with caplog.at_level(logging.WARNING, logger="salt_hf.selection"):
+        checked = score_dataset(scaled, ds, cache_dir=tmp_path / "scaled", **kwargs)
+    assert "scoring on the teacher's logits, because the teacher's own logits differ" in caplog.text
+    expected = score_dataset(scaled, ds, cache_dir=tmp_path / "scaled_logits", fused=False, **kwargs)
+    assert np.array_equal(checked, expected, equal_nan=True)
 
 
 def test_fingerprints_change_with_the_teacher_and_the_data(token_stream, teacher):

@@ -24,11 +24,13 @@ DEFAULT_KD_RATIO = 0.2
 AUTO_WINDOW, AUTO_MIN_RATIO, AUTO_MAX_RATIO = 25, 0.05, 0.5
 TeacherPlacement = Literal["replicate", "zero3"]
 TEACHER_PLACEMENTS: tuple[str, ...] = get_args(TeacherPlacement)
+LossImplementation = Literal["auto", "fused_linear", "logits"]
 # The fields whose value must be one of a Literal's choices (the CLI's parser refuses others by itself).
 _CHOICES = {
     "teacher_placement": TeacherPlacement,
     "kd_schedule": KDSchedule,
     "kd_divergence": Divergence,
+    "loss_implementation": LossImplementation,
     "seq_warmup_schedule": SeqWarmupSchedule,
     "layerwise_lr_direction": LayerwiseDirection,
 }
@@ -92,7 +94,17 @@ class SALTConfig(TrainingArguments):
         kd_chunk_size (`int`, *optional*):
             Tokens per chunk of the fused loss; automatic (16 MiB per fp32 temporary) by default.
         kd_compile (`bool`, *optional*, defaults to `False`):
-            Fuse the default KD term's passes over the vocabulary with `torch.compile`.
+            Fuse the default KD term's passes over the vocabulary with `torch.compile` (the logits path).
+        loss_implementation (`str`, *optional*, defaults to `"auto"`):
+            How the loss meets the models' output layers (`salt_hf.fused_head`). `"fused_linear"`: the student and
+            the teacher run without their output layers and the loss is computed from their last hidden states and
+            output weights, chunk by chunk, so neither model's [tokens x vocab] logits are formed, in the KD stage
+            and after it. `"logits"`: the loss is computed on the logits of both models' forwards. `"auto"`:
+            `"fused_linear"` where the models qualify (a plain linear output layer whose output the model's forward
+            leaves as it is, soft-caps or scales in a known way; checked when the trainer is built and against the
+            model's own logits at the first step), else `"logits"`, with a log line saying why. An explicit
+            `"fused_linear"` raises before training when a model does not qualify, and falls back like `"auto"` when
+            the first step's comparison fails. Evaluation that returns logits uses `"logits"`.
 
     > SALT_DS (data selection)
 
@@ -204,6 +216,13 @@ class SALTConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "Compile the default KD term (forward KL, tau 1) with torch.compile (the first step compiles)."
+        },
+    )
+    loss_implementation: LossImplementation = field(
+        default="auto",
+        metadata={
+            "help": "'fused_linear': the loss from the last hidden states and output weights, never the [tokens x "
+            "vocab] logits; 'logits': from the models' logits; 'auto': fused_linear where the models qualify."
         },
     )
 

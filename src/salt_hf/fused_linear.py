@@ -257,6 +257,32 @@ def _logits_shape(labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
 # ---- public function -----------------------------------------------------------------------------------------------
 
 
+def fused_linear_logits(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """
+    The fp32 logits that `fused_linear_salt_loss` computes for one chunk, for a few rows: the trainer compares them
+    with the model's own forward (`salt_hf.fused_head`). Same compute dtype, matmul and post-processing as the loss.
+
+    Args:
+        hidden (`torch.Tensor` of shape `[rows, H]`), weight (`torch.Tensor` of shape `[V, H]`), bias (`torch.Tensor`
+            of shape `[V]`, *optional*), scale (`float`, *optional*, defaults to `1.0`), softcap (`float`,
+            *optional*):
+            As the student's arguments of `fused_linear_salt_loss`.
+
+    Returns:
+        `torch.Tensor` of shape `[rows, V]`, fp32.
+    """
+    spec = _HeadSpec(_compute_dtype("student", hidden, weight), scale, softcap)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _logits(_head(weight, bias, spec), hidden.to(spec.compute_dtype))
+
+
 def fused_linear_salt_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,

@@ -12,9 +12,9 @@ from transformers import PreTrainedModel, Trainer
 from .callbacks import TeacherLifecycleCallback
 from .checkpointing import PreemptionSafeCheckpoints
 from .config import SALTConfig, as_salt_config
+from .fused_head import FusedHead
 from .kd_stop import AutoKDStop
 from .labels import pop_shift_labels
-from .losses import salt_loss
 from .schedules import auto_kd_end, auto_kd_weight, kd_weight
 from .selection import KDSelection, select_kd_data
 from .speedups import regroup_by_layer, warmup_inputs
@@ -49,6 +49,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         teacher (`salt_hf.teacher.Teacher` or `None`): the teacher and its lifecycle; None when SALT is off.
         kd_selection (`salt_hf.selection.KDSelection` or `None`): SALT_DS's scores and selection, once computed.
         kd_sampler (`salt_hf.selection.KDSelectionSampler` or `None`): SALT_DS's sample order, once built.
+        fused_head (`salt_hf.fused_head.FusedHead`): which loss implementation the run uses (`.implementation`), why.
     """
 
     # compute_loss divides the loss by the global number of supervised tokens itself.
@@ -87,6 +88,8 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP "
                 "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
+        self.fused_head = FusedHead(self.args, self.accelerator, self.kd_vocab_size)
+        self.fused_head.check_models(self.model, self.teacher_model, fsdp=self.is_fsdp_enabled)
         # the Trainer counts supervised tokens (on shifted labels) over the accumulated batch and processes, any model
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
@@ -163,7 +166,9 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
 
     def place_teacher(self) -> torch.nn.Module | None:
         """Loads and places the teacher for this run's accelerator (once; every process at the same step)."""
-        return self.teacher.place(self.accelerator, self.args) if self.teacher is not None else None
+        module = self.teacher.place(self.accelerator, self.args) if self.teacher is not None else None
+        self.fused_head.check_models(None, module)  # a teacher given by its path is loaded only now
+        return module
 
     def salt_settings(self) -> dict[str, Any]:
         """How this run used SALT, for model cards: the teacher, w, the schedule, n_KD and where the KD stage ended."""
@@ -242,27 +247,11 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         inputs = warmup_inputs(dict(inputs), self.state.global_step, self.args) if training else dict(inputs)
         shift_labels = pop_shift_labels(inputs)
         w = self.current_kd_weight(self.state.global_step) if training else 0.0
-        outputs = model(**inputs)
-        teacher_logits = None
         if w > 0.0:
             # w is the same on every process (a ZeRO-3 teacher's forward and placement are collectives)
             self.place_teacher()
-            with self.accelerator.autocast():
-                teacher_logits = self.teacher.logits(inputs)
-        out = salt_loss(
-            outputs.logits,
-            shift_labels,
-            teacher_logits,
-            nll_weight=1.0 - w,
-            kd_weight=w,
-            divergence=self.args.kd_divergence,
-            temperature=self.args.kd_temperature,
-            beta=self.args.kd_jsd_beta,
-            vocab_size=self.kd_vocab_size if teacher_logits is not None else None,
-            chunk_size=self.args.kd_chunk_size,
-            compile=self.args.kd_compile,
-        )
-        del teacher_logits
+        teacher = self.teacher if w > 0.0 else None
+        outputs, out = self.fused_head.loss(model, inputs, shift_labels, teacher, w, return_outputs)
         loss = self._normalise(out.loss, out.num_tokens, num_items_in_batch)
         if training:
             kd_tokens = out.num_tokens if w > 0.0 else torch.zeros_like(out.num_tokens)
@@ -272,6 +261,11 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 self._step_sums += torch.stack([x.to(self._step_sums) for x in (out.nll, out.teacher_nll, kd_tokens)])
             self._last_kd_weight = w
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss_only = self.args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
+        with self.fused_head.logits_unneeded(loss_only):  # the fused path returns no logits
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     def _normalise(self, loss_sum, num_tokens, num_items_in_batch) -> torch.Tensor:
         if num_items_in_batch is None:

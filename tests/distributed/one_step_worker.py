@@ -2,12 +2,13 @@
 One SGD step of SALTTrainer under torchrun (CPU, gloo), for tests/distributed/test_one_step.py.
 
     PYTHONPATH=tests torchrun --standalone --nproc_per_node 2 tests/distributed/one_step_worker.py --backend zero3 \
-        --teacher DIR --out DIR --case 2x2:replicate --case 2x1x2:zero3
+        --teacher DIR --out DIR --case 2x2:replicate:logits --case 2x1x2:zero3:fused_linear
 
-Each `--case WORLDxBATCH[xACCUM]:PLACEMENT[:no_process_factor]` trains a fresh student (seed 0) for one optimizer step
-on the same 4 sequences and writes, on rank 0, `<out>/<backend>-<case>.pt` with the student's full weights (gathered
-under ZeRO-3) and what each rank saw of the teacher. Several cases run in one launch: starting processes, importing
-DeepSpeed and joining the process group are what costs time here, not the step.
+Each `--case WORLDxBATCH[xACCUM]:PLACEMENT[:FLAG...]` (flags: `no_process_factor`, and the `loss_implementation`
+`fused_linear` or `logits`, else "auto") trains a fresh student (seed 0) for one optimizer step on the same 4
+sequences and writes, on rank 0, `<out>/<backend>-<case>.pt` with the student's full weights (gathered under ZeRO-3),
+the loss implementation the run used and what each rank saw of the teacher. Several cases run in one launch:
+starting processes, importing DeepSpeed and joining the process group are what costs time here, not the step.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
     if case_world != world:
         raise SystemExit(f"case {case} needs {case_world} processes, launched with {world}")
     trainer_cls = NoProcessFactorTrainer if "no_process_factor" in flags else RecordingTrainer
+    implementation = next((f for f in flags if f in ("fused_linear", "logits")), "auto")
     name = f"{backend}-{case.replace(':', '-')}"
     # On a machine without GPUs, Accelerate runs DDP over gloo only when told to use the CPU (else it silently runs
     # each process alone); DeepSpeed finds the CPU through DS_ACCELERATOR=cpu.
@@ -84,6 +86,7 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
         deepspeed=DS_CONFIGS.get(backend),
         teacher_placement=placement,
         use_cpu=backend == "ddp",
+        loss_implementation=implementation,
     )
     trainer = trainer_cls(model=student_model(), teacher_model=teacher_dir, args=args, train_dataset=step_dataset())
     trainer.train()
@@ -97,6 +100,7 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
             "deepspeed": trainer.is_deepspeed_enabled,
             "distributed_type": str(trainer.accelerator.distributed_type),
             "num_processes": trainer.accelerator.num_processes,
+            "loss_implementation": trainer.fused_head.implementation,
             "student_partitioned": any(hasattr(p, "ds_id") for p in trainer.model.parameters()),
         }
         torch.save(result, out_dir / f"{name}.pt")

@@ -1,10 +1,11 @@
 """
 One optimizer step of SALT is the same whatever the split of 4 sequences into processes x per-device batch x gradient
-accumulation, under DDP, DeepSpeed ZeRO-2 and ZeRO-3, with the teacher replicated or sharded with ZeRO-3 inference.
+accumulation, under DDP, DeepSpeed ZeRO-2 and ZeRO-3, with the teacher replicated or sharded with ZeRO-3 inference,
+on the logits path and the fused-linear one (`loss_implementation`, salt_hf.fused_head).
 
 Real processes: `torchrun --standalone --nproc_per_node 2` (gloo, CPU), DeepSpeed with DS_ACCELERATOR=cpu, the shipped
 deepspeed_configs/zero{2,3}.json; and a two-node launch simulated on one machine. The reference is one process holding
-all 4 sequences, without any wrapper.
+all 4 sequences, without any wrapper, on the logits path.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ WORKER = Path(__file__).with_name("one_step_worker.py")
 # partitioning and gathering of the weights) are copies, a halving and single roundings, so the same bound holds;
 # its tolerance stays the 1e-5 that deepspeed_configs/README.md quotes. Measured: 7.5e-9 for DDP and ZeRO-2 alike.
 TOL = {"ddp": 1e-6, "zero2": 1e-5, "zero3": 1e-5}
-# world x per-device batch [x accumulation] : teacher placement
-CASES = ["2x2:replicate", "2x1x2:replicate", "2x2:zero3", "2x1x2:zero3"]
+# world x per-device batch [x accumulation] : teacher placement [: loss_implementation, "auto" if none]
+SPLITS = ["2x2:replicate", "2x1x2:replicate", "2x2:zero3", "2x1x2:zero3"]
+CASES = [f"{split}:{implementation}" for implementation in ("logits", "fused_linear") for split in SPLITS]
 TWO_NODE_CASES = ["2x2:zero3", "2x1x2:replicate"]
 
 
@@ -58,7 +60,7 @@ def teacher_dir(tmp_path_factory) -> str:
 def reference(teacher_dir, tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, after one step) for 1 process x 4 sequences, no distributed wrapper, with the workers' thread count."""
     out = tmp_path_factory.mktemp("reference")
-    args = one_sgd_step_config(str(out), batch=4, accum=1, use_cpu=True)
+    args = one_sgd_step_config(str(out), batch=4, accum=1, use_cpu=True, loss_implementation="logits")
     with worker_threads():
         trainer = SALTTrainer(
             model=student_model(), teacher_model=teacher_dir, args=args, train_dataset=step_dataset()
@@ -75,6 +77,12 @@ def run_worker(backend: str, cases: list[str], teacher: str, out: Path, nproc: i
     check(proc)
     print(f"{backend}: {len(cases)} cases in one launch of {nproc} processes, {seconds:.1f} s")
     return {case: torch.load(out / f"{backend}-{case.replace(':', '-')}.pt") for case in cases}
+
+
+def assert_loss_implementation(case: str, result: dict) -> None:
+    """The path the run took: "logits" where the case asks for it, else fused_linear ("auto" picks it for Llama)."""
+    expected = "logits" if case.endswith(":logits") else "fused_linear"
+    assert result["loss_implementation"] == expected, (case, result["loss_implementation"])
 
 
 def assert_teacher_placement(case: str, ranks: list[dict], world: int, sharded: bool = True) -> None:
@@ -105,6 +113,7 @@ def test_one_step_equals_single_process(backend, teacher_dir, reference, tmp_pat
         assert result["distributed_type"] == expected_type, result
         assert result["student_partitioned"] == (backend == "zero3")
         assert_teacher_placement(case, result["ranks"], world=2)
+        assert_loss_implementation(case, result)
         diff = (result["weights"] - ref).abs().max().item()
         print(f"{backend} {case}: max |diff| = {diff:.3g}")
         if case.endswith("no_process_factor"):
@@ -118,10 +127,11 @@ def test_one_step_equals_single_process(backend, teacher_dir, reference, tmp_pat
 def test_one_process_under_each_backend_equals_reference(backend, teacher_dir, reference, tmp_path):
     """1 process x 4 sequences launched with torchrun under each backend (DDP and DeepSpeed with a world of one)."""
     _, ref = reference
-    cases = ["1x4:replicate", "1x4:zero3"]
+    cases = ["1x4:replicate:logits", "1x4:zero3:fused_linear"]
     results = run_worker(backend, cases, teacher_dir, tmp_path, nproc=1)
     for case in cases:
         assert_teacher_placement(case, results[case]["ranks"], world=1, sharded=False)
+        assert_loss_implementation(case, results[case])
         diff = (results[case]["weights"] - ref).abs().max().item()
         print(f"{backend} {case}: max |diff| = {diff:.3g}")
         assert diff <= TOL[backend], (case, diff)
@@ -166,6 +176,7 @@ def test_two_node_launch_over_loopback(teacher_dir, reference, tmp_path):
     for case in TWO_NODE_CASES:
         result = torch.load(tmp_path / f"zero3-{case.replace(':', '-')}.pt")
         assert_teacher_placement(case, result["ranks"], world=2)
+        assert_loss_implementation(case, result)
         diff = (result["weights"] - ref).abs().max().item()
         print(f"two nodes, zero3 {case}: max |diff| = {diff:.3g}")
         assert diff <= TOL["zero3"], (case, diff)

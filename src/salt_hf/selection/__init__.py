@@ -6,9 +6,11 @@ kept only on tokens whose label is among its top-k predictions (learnable), summ
 high). The KD stage draws its batches from the highest-scoring sequences; from n_KD on training continues on the
 whole dataset.
 
-- `scores`: `sequence_scores`, the score of each sequence of a batch, a pure function of logits and labels;
+- `scores`: `sequence_scores`, the score of each sequence of a batch, a pure function of logits and labels, and
+  `chunked_sequence_scores`, the same from a function that gives the logits of a few positions at a time;
 - `cache`: `score_dataset`, an offline pass of the teacher over a dataset, spread over the processes of a launch,
-  cached by fingerprint and resumable shard by shard;
+  cached by fingerprint and resumable shard by shard; it scores from the teacher's hidden states where the teacher
+  qualifies (`salt_hf.fused_head`), never holding a batch's logits;
 - `sampler`: `select_sequences` and `KDSelectionSampler`, which sequences the KD stage uses and the order in which a
   run sees its samples (a function of the sample position, hence of the global step: identical on every process
   and exact under `resume_from_checkpoint`);
@@ -35,7 +37,7 @@ from .cache import (
     subset_for_scoring,
 )
 from .sampler import KDSelectionSampler, describe_selection, select_sequences
-from .scores import sequence_scores
+from .scores import chunked_sequence_scores, sequence_scores
 
 logger = get_logger(__name__)
 
@@ -95,6 +97,7 @@ def select_kd_data(dataset, teacher, args, kd_steps: int, load_teacher: Callable
         batch_size=args.kd_select_batch_size or args.per_device_eval_batch_size,
         load_teacher=load_teacher,
         show_progress=not args.disable_tqdm,
+        fused=args.loss_implementation != "logits",
     )
     # the fraction (and the band) apply to the scored sequences
     selected = select_sequences(scores, fraction=args.kd_select_fraction, drop_top=args.kd_select_drop_top, seed=seed)
@@ -111,6 +114,7 @@ def select_kd_data(dataset, teacher, args, kd_steps: int, load_teacher: Callable
 __all__ = [
     "KDSelection",
     "KDSelectionSampler",
+    "chunked_sequence_scores",
     "dataset_fingerprint",
     "default_score_cache_dir",
     "describe_selection",

@@ -19,7 +19,8 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Subset
 
-from .scores import sequence_scores
+from ..fused_head import NotFusableError, Probe, output_layer, teacher_hidden
+from .scores import chunked_sequence_scores, sequence_scores
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +164,13 @@ def score_dataset(
     shard_size: int | None = None,
     load_teacher=None,
     show_progress: bool = True,
+    fused: bool = True,
 ) -> np.ndarray:
     """
     Scores every sequence of `dataset` with `teacher` (`sequence_scores` on the teacher's next-token logits) and
-    returns a float32 array of length `len(dataset)`.
+    returns a float32 array of length `len(dataset)`. With `fused` (and a teacher that qualifies, see
+    `salt_hf.fused_head`) the logits are computed from the teacher's last hidden states chunk by chunk and never held
+    whole; its first batch checks them against the teacher's own.
 
     The rows are cut into shards of `shard_size` rows; the processes of the current launch (Accelerate's
     `PartialState`) score the shards round-robin, in batches of `batch_size`, under `torch.no_grad`, and write one
@@ -219,6 +223,7 @@ def score_dataset(
             batch_size=batch_size,
             ignore_index=ignore_index,
             show_progress=show,
+            fused=fused,
         )
     state.wait_for_everyone()
     if state.is_main_process:
@@ -253,8 +258,40 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class _BatchScores:
+    """
+    The scores of a batch: from the teacher's hidden states and output weight, chunk by chunk (issue 15), where the
+    teacher's output layer qualifies (`salt_hf.fused_head.output_layer`) and the first batch's check of its logits
+    against the teacher's own passes (`Probe`); else from the teacher's logits.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, fused: bool, top_k: int, ignore_index: int):
+        self.teacher, self.options = teacher, dict(top_k=top_k, ignore_index=ignore_index)
+        self.layer, self.checked = None, False
+        if fused:
+            try:
+                self.layer = output_layer(teacher, "teacher")
+            except NotFusableError as err:
+                logger.info(f"SALT_DS: scoring on the teacher's logits, because {err}")
+
+    def __call__(self, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        if self.layer is not None:
+            probe = None if self.checked else Probe("teacher", self.layer, targets.shape)
+            hidden, own = teacher_hidden(self.teacher, self.layer, {**batch, "use_cache": False}, probe)
+            reason = probe.verdict(own) if probe is not None else None
+            self.checked = True
+            if reason is None:
+                flat, layer = hidden.reshape(-1, hidden.shape[-1]), self.layer
+                vocab = layer.module.out_features
+                return chunked_sequence_scores(lambda rows: layer.logits(flat[rows]), targets, vocab, **self.options)
+            logger.warning(f"SALT_DS: scoring on the teacher's logits, because {reason}")
+            self.layer = None
+        logits = self.teacher(**batch, use_cache=False).logits
+        return sequence_scores(logits, targets, **self.options)
+
+
 @torch.no_grad()
-def _score_shards(teacher, dataset, shards, files, *, top_k, batch_size, ignore_index, show_progress) -> None:
+def _score_shards(teacher, dataset, shards, files, *, top_k, batch_size, ignore_index, show_progress, fused) -> None:
     from tqdm.auto import tqdm
 
     was_training = teacher.training
@@ -262,6 +299,7 @@ def _score_shards(teacher, dataset, shards, files, *, top_k, batch_size, ignore_
     device = next(teacher.parameters()).device
     total = sum(stop - start for start, stop in shards)
     bar = tqdm(total=total, desc="SALT_DS scoring", unit="seq", disable=not show_progress)
+    scores_of = _BatchScores(teacher, fused, top_k, ignore_index)
     try:
         for start, stop in shards:
             parts = []
@@ -269,11 +307,9 @@ def _score_shards(teacher, dataset, shards, files, *, top_k, batch_size, ignore_
                 b = min(a + batch_size, stop)
                 batch = _batch(_rows(dataset, a, b), ignore_index, device)
                 labels = batch.pop("labels")
-                logits = teacher(**batch, use_cache=False).logits
                 # position t predicts label t + 1; the last position predicts nothing (no copy of the logits)
                 targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=ignore_index)
-                parts.append(sequence_scores(logits, targets, top_k=top_k, ignore_index=ignore_index))
-                del logits
+                parts.append(scores_of(batch, targets))
                 bar.update(b - a)
             _atomic_save(files[(start, stop)], torch.cat(parts).cpu().numpy().astype(np.float32))
     finally:

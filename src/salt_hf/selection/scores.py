@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 # Elements per chunk of `sequence_scores` (tokens x vocab): bounds its memory for large vocabularies.
@@ -40,22 +42,54 @@ def sequence_scores(
             f"teacher_logits {tuple(teacher_logits.shape)} and labels {tuple(labels.shape)} must be (batch, seq, "
             "vocab) and (batch, seq), aligned position by position."
         )
-    if top_k < 1:
-        raise ValueError(f"top_k={top_k} must be >= 1.")
     batch, seq, vocab = teacher_logits.shape
     logits = teacher_logits.reshape(batch * seq, vocab)
+    # a view for fp32 logits, a (chunk, vocab) copy otherwise
+    return chunked_sequence_scores(
+        lambda rows: logits[rows].float(), labels, vocab, top_k=top_k, ignore_index=ignore_index, chunk_size=chunk_size
+    )
+
+
+def chunked_sequence_scores(
+    chunk_logits: Callable[[slice], torch.Tensor],
+    labels: torch.Tensor,
+    vocab: int,
+    *,
+    top_k: int = 10,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """
+    `sequence_scores` from a function that gives the teacher's fp32 logits [rows, vocab] of a slice of the flattened
+    (batch * seq) positions, so that the caller never holds them all: `salt_hf.selection.cache` computes them from
+    the teacher's last hidden states and output weight, chunk by chunk (issue 15).
+
+    Args:
+        chunk_logits (`Callable[[slice], torch.Tensor]`):
+            Positions `rows` of the flattened batch to their fp32 logits, of shape `(rows, vocab)`.
+        labels (`torch.Tensor` of shape `(batch, seq)`), top_k, ignore_index, chunk_size:
+            As in `sequence_scores`.
+        vocab (`int`):
+            The logits' last dimension.
+
+    Returns:
+        `torch.Tensor` of shape `(batch,)`, float32, as `sequence_scores`.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1.")
+    batch, seq = labels.shape
     flat_labels = labels.reshape(-1)
     supervised = flat_labels != ignore_index
     if bool((((flat_labels < 0) | (flat_labels >= vocab)) & supervised).any()):  # the one host sync
         raise ValueError(f"labels must be in [0, {vocab}) or ignore_index={ignore_index}.")
     safe_labels = torch.where(supervised, flat_labels, torch.zeros_like(flat_labels))
-    elements = _CHUNK_ELEMENTS["cpu" if teacher_logits.device.type == "cpu" else "other"]
+    elements = _CHUNK_ELEMENTS["cpu" if labels.device.type == "cpu" else "other"]
     chunk = chunk_size or max(1, elements // vocab)
-    kept = torch.empty(batch * seq, dtype=torch.float32, device=logits.device)
-    nan = torch.tensor(float("nan"), dtype=torch.float32, device=logits.device)
+    kept = torch.empty(batch * seq, dtype=torch.float32, device=labels.device)
+    nan = torch.tensor(float("nan"), dtype=torch.float32, device=labels.device)
     for start in range(0, batch * seq, chunk):
         stop = min(start + chunk, batch * seq)
-        part = logits[start:stop].float()  # a view for fp32 logits, a (chunk, vocab) copy otherwise
+        part = chunk_logits(slice(start, stop))
         target = part.gather(1, safe_labels[start:stop, None])
         nll = torch.logsumexp(part, dim=-1) - target.squeeze(1)
         keep = supervised[start:stop]
