@@ -106,8 +106,11 @@ def load_runs(folder: Path) -> dict[str, RunResult]:
 
 
 def write_json(path: Path, obj, indent: int | None = None) -> None:
+    """Writes `obj` as JSON atomically: a run stopped mid-write leaves the old file (or none), never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=indent) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(obj, indent=indent) + "\n")
+    os.replace(partial, path)
 
 
 # ---- one run (in a worker process) ------------------------------------------------------------------------------
