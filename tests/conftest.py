@@ -72,3 +72,13 @@ def teacher_loads(monkeypatch) -> list:
     real_load = teacher_module.load_teacher
     monkeypatch.setattr(teacher_module, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     return loads
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors: on a busy 2-core machine the threads' spin-waits made such a
+    file ~20x slower (27 s instead of 1.4 s). Restored afterwards for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,13 +33,7 @@ TOL = {
 HEAD_KEYS = ("bias", "scale", "softcap")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: intra-op threads only add overhead on a busy machine (see tests/test_losses.py)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.py)
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------------

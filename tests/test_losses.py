@@ -27,14 +27,7 @@ TOL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tensors here are tiny: intra-op threads only add overhead, and on a busy 2-core machine their spin-waits
-    # made this file ~20x slower (27 s instead of 1.4 s). Restored afterwards for the other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.py)
 
 
 # ---- naive references (float64, plain torch) --------------------------------------------------------------------
