@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -414,6 +415,19 @@ def prepare(corpora: list[str]) -> None:
             text = prepare_corpora.prose_corpus()
         if text is not None:
             prepare_corpora.prepare(corpus_name(corpus), text, VOCAB, SEQ)
+            restore_teachers(corpus)
+
+
+def restore_teachers(corpus: str) -> None:
+    """A suite resumed on a fresh checkout: the stored teachers (results/regime/<corpus>/stored, committed with their
+    runs) go back where the students load them from, once the corpus just prepared has the same tokenizer."""
+    stored, work = ROOT / corpus / "stored", WORK / corpus_name(corpus)
+    if not (stored / "teachers").is_dir():
+        return
+    same = (stored / "tokenizer" / "tokenizer.json").read_text() == (work / "tokenizer" / "tokenizer.json").read_text()
+    if not same:
+        raise SystemExit(f"{corpus}: the tokenizer prepared now differs from the stored teachers' one: retrain them")
+    shutil.copytree(stored / "teachers", work / "teachers", dirs_exist_ok=True)
 
 
 # ---- entry point --------------------------------------------------------------------------------------------------
