@@ -7,7 +7,16 @@ import logging
 import numpy as np
 import pytest
 import torch
-from fixtures import RESUME_RUN, config, dataset, flat_params, make_llama, one_sgd_step_config, save_teacher
+from fixtures import (
+    RESUME_RUN,
+    TINY_LLAMA,
+    config,
+    dataset,
+    flat_params,
+    make_llama,
+    one_sgd_step_config,
+    save_teacher,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     Gemma2Config,
@@ -37,18 +46,7 @@ TOL = 1e-5
 
 def tiny_llama(vocab: int, tied: bool = False, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=tied,
-        )
-    )
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **TINY_LLAMA, tie_word_embeddings=tied))
 
 
 def tiny_gpt2(vocab: int) -> GPT2LMHeadModel:  # tied, no dropout (a split would draw other masks)
@@ -60,15 +58,7 @@ def tiny_gpt2(vocab: int) -> GPT2LMHeadModel:  # tied, no dropout (a split would
 
 def tiny_qwen2(vocab: int) -> Qwen2ForCausalLM:  # tied, as Qwen2.5-0.5B
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
+    config = Qwen2Config(vocab_size=vocab, **TINY_LLAMA, tie_word_embeddings=True)
     return Qwen2ForCausalLM(config)
 
 
