@@ -3,6 +3,7 @@
     python benchmarks/regime_benchmark.py --prepare                    # corpora with a 300-token vocabulary
     python benchmarks/regime_benchmark.py --corpus python              # every run not stored yet, pair by pair
     python benchmarks/regime_benchmark.py --corpus python --summarise-only
+    python benchmarks/regime_benchmark.py --step-cost                  # on an idle machine: the step costs below
 
 The suite first shows that it is in SALT's regime (the baseline student passes the teacher's final held-out loss
 before half of its run, and KD for the whole run ends ABOVE the baseline: the paper's negative control), then
@@ -15,6 +16,13 @@ Runs go two at a time, one CPU thread each (in the order of `students`), so that
 alike; each run's JSON is written to benchmarks/results/regime/<corpus>/runs/ as it finishes (and committed with
 --commit), and a rerun skips the stored runs, so the suite resumes where it was stopped. The summary step reads the
 stored runs back and writes benchmarks/results/regime/summary.json and <corpus>/curves.png.
+
+Wall-clock-to-target is steps-to-target weighted by step costs measured apart (--step-cost: step_cost.py on the
+suite's student and each teacher, plain Trainer step / KD step / plain-stage step interleaved in one process, one
+thread, on an otherwise idle machine: results/regime/step_cost.json), because the pairs' own step times share the two
+cores with each other and with whatever else runs. SALT's time is its KD steps at the KD step's cost plus its
+remaining steps at the plain-stage step's cost (and SALT_DS's scoring); the baseline's is its steps at the plain
+Trainer step's cost. The times read within each run are kept beside it.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ TEACHERS = {"weak": "1x16", "main": "1x32", "strong": "1x64"}
 N_EVALS = 25  # held-out evaluations per student run: steps-to-target is read at a resolution of STEPS / 25
 W = 0.5
 FIXED_RATIOS = (0.1, 0.2, 0.4)
+STEP_COST = RESULTS / "regime" / "step_cost.json"  # written by --step-cost
 
 
 def corpus_name(corpus: str) -> str:
@@ -172,14 +181,16 @@ def crossing_step(run: RunResult, loss: float) -> int | None:
     return bench.first_step_at_or_below(run.curve_step_test_dev, loss)
 
 
-def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult]) -> dict:
+def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult], costs: dict) -> dict:
     """One student against its own seed's baseline: steps and wall-clock (teacher forward and SALT_DS scoring
     included) to reach the baseline's final test loss, as fractions of the baseline's; where it crossed its teacher;
-    where KD ended. Wall-clock is read within the run (against its own plain steps) and against the baseline run."""
+    where KD ended. Wall-clock at the step costs measured apart (`costs`), and as read within the run and against the
+    baseline run."""
     target = base.final_test_loss
     reach = bench.first_step_at_or_below(r.curve_step_test_dev, target)
     t_reach = r.time_to_step(reach)
     within = wallclock_within_run(r, reach, base.spec.steps)
+    measured = wallclock_at_measured_cost(r, reach, base.spec.steps, costs.get(r.spec.teacher or "main"))
     teacher = teachers.get(r.spec.teacher or "main")
     stop = next((h for h in r.train_log if "kd_stop_step" in h), None)  # kd_steps="auto": the decision's why
     return {
@@ -190,7 +201,8 @@ def run_row(r: RunResult, base: RunResult, teachers: dict[str, RunResult]) -> di
         "final_dev_loss": r.final_dev_loss,
         "baseline_final_test_loss": target,
         "steps_to_target_ratio": reach / base.spec.steps if reach is not None else None,
-        "wallclock_to_target_ratio": within,
+        "wallclock_to_target_ratio": measured,
+        "wallclock_to_target_ratio_in_run": within,
         "wallclock_to_target_ratio_vs_baseline_run": t_reach / sum(base.step_times_s) if t_reach is not None else None,
         "median_kd_step_over_plain_step": (
             r.median_kd_step_s / r.median_plain_step_s if r.median_kd_step_s and r.median_plain_step_s else None
@@ -219,6 +231,41 @@ def wallclock_within_run(r: RunResult, reach: int | None, baseline_steps: int) -
     kd_steps = min(reach, r.kd_steps)
     kd_time = kd_steps * r.median_kd_step_s if kd_steps else 0.0
     return (kd_time + (reach - kd_steps) * t_plain + r.scoring_s) / (baseline_steps * t_plain)
+
+
+def wallclock_at_measured_cost(r: RunResult, reach: int | None, baseline_steps: int, cost: dict | None):
+    """
+    Wall-clock-to-target at the step costs measured apart (step_cost.py, one process, interleaved): the run's KD
+    steps at the KD step's cost (teacher forward included) and its later steps at the plain-stage step's, both on the
+    loss path SALTTrainer takes by default (fused_linear), plus SALT_DS's scoring in units of the run's own median
+    plain step; over the baseline's steps at the plain Trainer step's cost.
+    """
+    if reach is None or cost is None:
+        return None
+    kd_steps = min(reach, r.kd_steps)
+    t_plain, t_kd, t_after = cost["plain_step_s"], cost["kd_fused_step_s"], cost["plain_fused_step_s"]
+    scoring = r.scoring_s / r.median_plain_step_s * t_after if r.scoring_s and r.median_plain_step_s else 0.0
+    return (kd_steps * t_kd + (reach - kd_steps) * t_after + scoring) / (baseline_steps * t_plain)
+
+
+def load_step_costs() -> dict:
+    """Per teacher, the row step_cost.py measured for it (an empty dict before --step-cost ran)."""
+    return json.loads(STEP_COST.read_text()) if STEP_COST.is_file() else {}
+
+
+def measure_step_costs(steps: int = 40) -> None:
+    """step_cost.py on the suite's student with each teacher, one thread, real row length and batch; random
+    token ids (a step's cost does not depend on them). Run on an otherwise idle machine."""
+    out = {}
+    for t, size in TEACHERS.items():
+        path = ROOT / f"step_cost_{t}.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("step_cost.py")), "--vocabs", str(VOCAB)]
+        cmd += ["--tokens", str(bench.BATCH * SEQ), "--seq", str(SEQ), "--student", STUDENT, "--teacher", size]
+        cmd += ["--threads", "1", "--no-memory", "--steps", str(steps), "--out", str(path)]
+        subprocess.run(cmd, check=True)
+        out[t] = json.loads(path.read_text())[0]
+        path.unlink()
+    bench.write_json(STEP_COST, out, indent=2)
 
 
 def stats_block(names: list[str], rows: dict) -> dict:
@@ -264,8 +311,9 @@ def summarise(corpus: str) -> dict:
     runs = bench.load_runs(runs_dir(corpus))
     teachers = {n.removeprefix("teacher_"): r for n, r in runs.items() if r.spec.group == "teacher"}
     base = {r.spec.seed: r for r in runs.values() if r.spec.group == "baseline"}
+    costs = load_step_costs()
     rows = {
-        n: run_row(r, base[r.spec.seed], teachers)
+        n: run_row(r, base[r.spec.seed], teachers, costs)
         for n, r in runs.items()
         if r.spec.group != "teacher" and r.spec.seed in base
     }
@@ -371,12 +419,19 @@ def markdown(summary: dict) -> str:
         )
     lines += [
         "",
-        "| run | final test loss | steps-to-target | wall-clock-to-target (in run / vs baseline run) | "
+        "| run | final test loss | steps-to-target | wall-clock-to-target (measured / in run / vs baseline run) | "
         "KD ends at | passes teacher at |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in sorted(summary.get("runs", {}).items()):
-        wall = f"{_fmt(r['wallclock_to_target_ratio'])} / {_fmt(r['wallclock_to_target_ratio_vs_baseline_run'])}"
+        wall = " / ".join(
+            _fmt(r.get(k))
+            for k in (
+                "wallclock_to_target_ratio",
+                "wallclock_to_target_ratio_in_run",
+                "wallclock_to_target_ratio_vs_baseline_run",
+            )
+        )
         lines.append(
             f"| {name} | {_fmt(r['final_test_loss'])} | {_fmt(r['steps_to_target_ratio'], 2)} | {wall} | "
             f"{r['kd_end_step']} | {_fmt(r['crosses_teacher_at_step'])} |"
@@ -441,6 +496,7 @@ def parse_args():
     parser.add_argument("--only", default=None, help="comma-separated run names (a part of the suite)")
     parser.add_argument("--commit", action="store_true", help="git-commit each pair's stored runs as they finish")
     parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
+    parser.add_argument("--step-cost", action="store_true", help="measure the step costs of wall-clock and exit")
     return parser.parse_args()
 
 
@@ -448,6 +504,8 @@ def main():
     args = parse_args()
     if args.prepare:
         return prepare(["python", "prose"])
+    if args.step_cost:
+        return measure_step_costs()
     if args.corpus is None:
         raise SystemExit("--corpus python or --corpus prose (or --prepare)")
     t0 = time.time()

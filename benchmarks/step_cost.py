@@ -34,7 +34,7 @@ from transformers import Trainer, TrainingArguments
 from salt_hf import SALTConfig, SALTTrainer
 
 # Sizes from issue 15: a student 8 layers x 512 wide and a teacher 4 x 256, whose output layers are a large share of
-# their cost at these vocabularies; rows of 256 tokens (--tokens sets how many rows make a step).
+# their cost at these vocabularies; rows of 256 tokens (--seq; --tokens sets how many rows make a step).
 STUDENT, TEACHER, SEQ = "8x512", "4x256", 256
 # The trainers timed; "teacher_fwd" (the teacher's forward alone) is timed beside them.
 KINDS = ("plain", "kd_logits", "kd_fused", "plain_fused")
@@ -52,7 +52,7 @@ def make_trainer(kind: str, vocab: int, rows: int, cli) -> Trainer:
         optim="adamw_torch",
         disable_tqdm=True,
     )
-    student = build_model(cli.student, vocab, SEQ, 0)
+    student = build_model(cli.student, vocab, cli.seq, 0)
     if kind == "plain":
         trainer = Trainer(model=student, args=TrainingArguments(**common))
     else:
@@ -60,7 +60,7 @@ def make_trainer(kind: str, vocab: int, rows: int, cli) -> Trainer:
         implementation = "fused_linear" if kind.endswith("fused") else "logits"
         salt = dict(kd_weight=0.5, kd_steps=10**6) if kd else dict(kd_weight=0.0)
         args = SALTConfig(**common, **salt, kd_compile=cli.compile, loss_implementation=implementation)
-        teacher = build_model(cli.teacher, vocab, SEQ, 1) if kd else None
+        teacher = build_model(cli.teacher, vocab, cli.seq, 1) if kd else None
         trainer = SALTTrainer(model=student, teacher_model=teacher, args=args)
     # prepare() puts the model on its device and, for bf16, wraps its forward in autocast as train() would
     trainer.model = trainer.accelerator.prepare(trainer.model.to(trainer.args.device))
@@ -71,9 +71,9 @@ def make_trainer(kind: str, vocab: int, rows: int, cli) -> Trainer:
     return trainer
 
 
-def batch(vocab: int, rows: int, device) -> dict:
+def batch(vocab: int, rows: int, seq: int, device) -> dict:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (rows, SEQ), generator=g).to(device)
+    ids = torch.randint(0, vocab, (rows, seq), generator=g).to(device)
     return {"input_ids": ids, "labels": ids.clone()}
 
 
@@ -120,9 +120,9 @@ def ratios(med: dict) -> dict:
 
 
 def time_all(vocab: int, tokens: int, cli) -> dict:
-    rows = tokens // SEQ
+    rows = tokens // cli.seq
     trainers = {kind: make_trainer(kind, vocab, rows, cli) for kind in KINDS}
-    inputs = batch(vocab, rows, trainers["plain"].args.device)
+    inputs = batch(vocab, rows, cli.seq, trainers["plain"].args.device)
     kd = trainers["kd_logits"]
 
     def teacher_forward():
@@ -139,6 +139,8 @@ def time_all(vocab: int, tokens: int, cli) -> dict:
         "dtype": cli.dtype,
         "student": cli.student,
         "teacher": cli.teacher,
+        "seq": cli.seq,
+        "threads": torch.get_num_threads(),
         "kd_compile": cli.compile,
         "steps": cli.steps,
         "student_params": sum(p.numel() for p in trainers["plain"].model.parameters()),
@@ -167,10 +169,10 @@ def cpu_peak_child(vocab: int, tokens: int, kind: str, cli) -> dict:
     before that step (`transient`: the step's activations, logits and gradients) and above the resident set before
     any model existed (`peak_above_base`: weights and AdamW state too).
     """
-    inputs = batch(vocab, tokens // SEQ, "cpu")
+    inputs = batch(vocab, tokens // cli.seq, cli.seq, "cpu")
     gc.collect()
     base = _status_mib("VmRSS")
-    trainer = make_trainer(kind, vocab, tokens // SEQ, cli)
+    trainer = make_trainer(kind, vocab, tokens // cli.seq, cli)
     for _ in range(2):
         step(trainer, inputs)
     gc.collect()
@@ -187,7 +189,8 @@ def cpu_peaks(vocab: int, tokens: int, cli) -> dict:
     out = {}
     for kind in KINDS:
         cmd = [sys.executable, __file__, "--_child", str(vocab), str(tokens), kind, "--student", cli.student]
-        cmd += ["--teacher", cli.teacher] + (["--compile"] if cli.compile else [])
+        cmd += ["--teacher", cli.teacher, "--seq", str(cli.seq), "--threads", str(torch.get_num_threads())]
+        cmd += ["--compile"] if cli.compile else []
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         child = json.loads(done.stdout.strip().splitlines()[-1])
@@ -235,7 +238,10 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--vocabs", default="32768,49152,128256,151936")
-    parser.add_argument("--tokens", default="1024,4096", help="tokens per step, multiples of 256")
+    parser.add_argument("--tokens", default="1024,4096", help="tokens per step, multiples of --seq")
+    parser.add_argument("--seq", type=int, default=SEQ, help="tokens per row")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--no-memory", action="store_true", help="times only: skip the CPU peak-memory processes")
     parser.add_argument("--student", default=STUDENT, help="<layers>x<width> or a salt_hf.models size")
     parser.add_argument("--teacher", default=TEACHER, help="<layers>x<width> or a salt_hf.models size")
     parser.add_argument("--steps", type=int, default=10)
@@ -244,6 +250,8 @@ def main():
     parser.add_argument("--summarise-only", action="store_true", help="measure nothing: print the table of --out")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     cli = parser.parse_args()
+    if cli.threads:
+        torch.set_num_threads(cli.threads)
     if cli._child:
         vocab, tokens, kind = cli._child
         print(json.dumps(cpu_peak_child(int(vocab), int(tokens), kind, cli)))
@@ -256,9 +264,10 @@ def main():
         for tokens in [int(t) for t in cli.tokens.split(",")]:
             t0 = time.time()
             row = time_all(vocab, tokens, cli)
-            if cli.device == "cpu":
+            if cli.device == "cpu" and not cli.no_memory:
                 row.update(cpu_peaks(vocab, tokens, cli))
-            row = with_memory_ratios(row)
+            if "transient_mib_plain" in row:
+                row = with_memory_ratios(row)
             row["wall_s"] = time.time() - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
