@@ -432,6 +432,21 @@ def test_never_holds_tokens_by_vocab(case):
     assert out.kd.item() > 1.0
 
 
+def test_automatic_chunk_has_at_least_256_tokens():
+    # at vocab 2**15 the 16 MiB rule gives 128 tokens; the fused path's floor makes the chunks [256, V]
+    vocab, n_tokens = 2**15, 300
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n_tokens, H, generator=g, requires_grad=True)
+    weight = torch.randn(vocab, H, generator=g, requires_grad=True)
+    labels = torch.randint(0, vocab, (n_tokens,), generator=g)
+    with LargestTensor() as mode:
+        fused_linear_salt_loss(hidden, weight, labels).loss.backward()
+    assert mode.largest == 256 * vocab
+    with LargestTensor() as mode:  # an explicit chunk size is taken as given
+        fused_linear_salt_loss(hidden, weight, labels, chunk_size=100).loss.backward()
+    assert mode.largest == 100 * vocab
+
+
 # ---- 6. input errors ---------------------------------------------------------------------------------------------
 
 

@@ -92,7 +92,8 @@ class SALTConfig(TrainingArguments):
         kd_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature tau > 0 of the KD term (multiplied by tau^2).
         kd_chunk_size (`int`, *optional*):
-            Tokens per chunk of the fused loss; automatic (16 MiB per fp32 temporary) by default.
+            Tokens per chunk of the fused loss; automatic by default (16 MiB per fp32 [chunk, vocab] temporary, and
+            at least 256 tokens on the fused_linear path).
         kd_compile (`bool`, *optional*, defaults to `False`):
             Fuse the default KD term's passes over the vocabulary with `torch.compile` (the logits path).
         loss_implementation (`str`, *optional*, defaults to `"auto"`):

@@ -22,6 +22,9 @@ backward is applied at once:
 with g the gradient with respect to `hidden @ W.T + b`. Nothing of the chunk is kept: the extra memory is a few
 [chunk, V] temporaries (2**22 elements each with the automatic chunk size, as in `salt_loss`) plus the gradients
 themselves ([N, H] and [V, H]), whatever the number of tokens. The backward pass only scales the stored gradients.
+The automatic chunk is `salt_loss`'s (16 MiB per [chunk, V] fp32 temporary) but at least 256 tokens: every chunk
+reads the [V, H] weight twice and reads and writes its fp32 gradient once, and with fewer rows those passes over
+memory, not the matmuls, set the step's time (at vocab 152k, 16 MiB is 27 rows; benchmarks/RESULTS.md section 1).
 
 Chain rule through the output layer's post-processing, from the gradient g_z with respect to the final logits z:
     softcap   z = c tanh(y / c):   dz/dy = 1 - tanh^2(y / c) = 1 - (z / c)^2   (read off z: no second tanh)
@@ -44,6 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from salt_hf.losses import LossOptions, SALTLossOutput, _check_inputs, _choose_path, _nll_chunk, _resolve_chunk_size
+
+_MIN_AUTO_ROWS = 256  # the automatic chunk's floor in tokens (module docstring)
 
 
 class _Head(NamedTuple):
@@ -249,6 +254,12 @@ def _check_teacher(teacher_hidden, teacher_weight, teacher_bias, labels, scale, 
         raise ValueError("teacher_bias, teacher_softcap or teacher_scale given without teacher_hidden/teacher_weight.")
 
 
+def _auto_chunk_size(chunk_size: int | None, vocab: int) -> int:
+    """`salt_loss`'s chunk rule, with at least `_MIN_AUTO_ROWS` tokens when automatic."""
+    resolved = _resolve_chunk_size(chunk_size, vocab)
+    return resolved if chunk_size is not None else max(resolved, _MIN_AUTO_ROWS)
+
+
 def _logits_shape(labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor | None:
     """A meta tensor of the logits' shape (no memory), to run `salt_loss`'s own checks on the vocabularies."""
     return None if weight is None else torch.empty((*labels.shape, weight.shape[0]), device="meta")
@@ -329,7 +340,8 @@ def fused_linear_salt_loss(
             As in `salt_hf.losses.salt_loss`; `vocab_size` is the real vocabulary when the two weights have
             different numbers of rows.
         chunk_size (`int`, *optional*):
-            Tokens per chunk; by default chosen so that one [chunk, max(V_s, V_t)] fp32 temporary takes 16 MiB.
+            Tokens per chunk; by default chosen so that one [chunk, max(V_s, V_t)] fp32 temporary takes 16 MiB, and
+            at least 256 tokens.
 
     Returns:
         `SALTLossOutput`, as `salt_loss`: `loss` (differentiable w.r.t. `student_hidden`, `student_weight` and
@@ -355,7 +367,7 @@ def fused_linear_salt_loss(
         beta=float(beta),
         vocab_size=kd_vocab,
         ignore_index=ignore_index,
-        chunk_size=_resolve_chunk_size(chunk_size, widest),
+        chunk_size=_auto_chunk_size(chunk_size, widest),
     )
     student = _HeadSpec(_compute_dtype("student", student_hidden, student_weight), student_scale, student_softcap)
     teacher = t_hidden = t_weight = t_bias = None
