@@ -48,6 +48,7 @@ TEACHERS = {"weak": "1x16", "main": "1x32", "strong": "1x64"}
 N_EVALS = 25  # held-out evaluations per student run: steps-to-target is read at a resolution of STEPS / 25
 W = 0.5
 FIXED_RATIOS = (0.1, 0.2, 0.4)
+BUDGETS = (0.7, 0.8)  # the budget form: the automatic stop on a shortened run, its schedule fit to it
 STEP_COST = RESULTS / "regime" / "step_cost.json"  # written by --step-cost
 
 
@@ -55,18 +56,25 @@ def corpus_name(corpus: str) -> str:
     return f"regime_{corpus}"  # its folder under benchmarks/work (prepared by --prepare)
 
 
-def student(name: str, seed: int = 0, teacher: str = "main", **kd) -> RunSpec:
-    every = STEPS // N_EVALS
+def student(name: str, seed: int = 0, teacher: str = "main", steps: int = STEPS, **kd) -> RunSpec:
+    every = STEPS // N_EVALS  # the same evaluation steps in a shortened run
     extra = {"eval_steps": every, "logging_steps": every, **kd.pop("extra", {})}
     if not kd:
-        return RunSpec(name, model=STUDENT, steps=STEPS, seed=seed, group="baseline", extra=extra)
+        return RunSpec(name, model=STUDENT, steps=steps, seed=seed, group="baseline", extra=extra)
     group = kd.pop("group")
-    return RunSpec(name, model=STUDENT, steps=STEPS, seed=seed, teacher=teacher, group=group, extra=extra, **kd)
+    return RunSpec(name, model=STUDENT, steps=steps, seed=seed, teacher=teacher, group=group, extra=extra, **kd)
 
 
 def auto(name: str, seed: int = 0, teacher: str = "main", extra: dict | None = None) -> RunSpec:
     extra = {"kd_steps": "auto", **(extra or {})}
     return student(name, seed, teacher, kd_weight=W, kd_ratio=None, group="auto", extra=extra)
+
+
+def budget(fraction: float) -> RunSpec:
+    """The automatic stop trained for `fraction` of the steps, its cosine schedule and stop bounds fit to them."""
+    steps = round(STEPS * fraction)
+    extra = {"kd_steps": "auto"}
+    return student(f"auto_budget_{fraction}", steps=steps, kd_weight=W, kd_ratio=None, group="budget", extra=extra)
 
 
 def fixed(name: str, ratio: float, seed: int = 0) -> RunSpec:
@@ -105,6 +113,7 @@ def students(best_ratio: float | None) -> list[RunSpec]:
         auto("auto_weak", teacher="weak"),
         auto("auto_strong", teacher="strong"),
         auto("auto_ds", extra={"kd_data_selection": True}),  # SALT_DS: the KD stage on the teacher's selection
+        *[budget(f) for f in BUDGETS],
     ]
     if best_ratio is not None:
         out += [fixed(f"salt_r{best_ratio}_s{seed}", best_ratio, seed) for seed in (1, 2)]
@@ -337,8 +346,32 @@ def summarise(corpus: str) -> dict:
         auto=stats_block(auto_names, rows),
         auto_stop_steps=[runs[n].kd_steps if n in runs else None for n in auto_names],
         teacher_strength=teacher_strength(rows, teachers),
+        budget_form=budget_form(runs, base[0], costs.get("main")),
         runs=rows,
     )
+    return out
+
+
+def budget_form(runs: dict[str, RunResult], base: RunResult, cost: dict | None) -> list[dict]:
+    """The automatic stop on shortened budgets: does its final test loss reach the seed-0 baseline's final, and at
+    what wall-clock (measured step costs) against the baseline's whole run."""
+    out = []
+    for fraction in BUDGETS:
+        r = runs.get(f"auto_budget_{fraction}")
+        if r is None:
+            continue
+        wall = wallclock_at_measured_cost(r, r.spec.steps, base.spec.steps, cost)
+        out.append(
+            {
+                "run": r.spec.name,
+                "steps_ratio": r.spec.steps / base.spec.steps,
+                "final_test_loss": r.final_test_loss,
+                "baseline_final_test_loss": base.final_test_loss,
+                "reaches_target": r.final_test_loss <= base.final_test_loss,
+                "wallclock_ratio": wall,
+                "kd_end_step": r.kd_steps,
+            }
+        )
     return out
 
 
@@ -436,6 +469,16 @@ def markdown(summary: dict) -> str:
             f"| {name} | {_fmt(r['final_test_loss'])} | {_fmt(r['steps_to_target_ratio'], 2)} | {wall} | "
             f"{r['kd_end_step']} | {_fmt(r['crosses_teacher_at_step'])} |"
         )
+    if summary.get("budget_form"):
+        lines += [
+            "",
+            "| budget run | steps | final test loss | baseline final | reaches it | wall-clock | KD ends at |",
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for b in summary["budget_form"]:
+            cells = [_fmt(b["steps_ratio"], 2), _fmt(b["final_test_loss"]), _fmt(b["baseline_final_test_loss"])]
+            cells += [str(b["reaches_target"]), _fmt(b["wallclock_ratio"]), str(b["kd_end_step"])]
+            lines.append(f"| {b['run']} | " + " | ".join(cells) + " |")
     if "auto" in summary:
         lines += ["", "| setting | steps-to-target | wall-clock-to-target | final test loss |", "|---|---|---|---|"]
         for key in ("auto", "best_fixed"):
