@@ -4,6 +4,7 @@
     python benchmarks/step_cost.py --vocabs 8192 --tokens 512 --student 2x64 --teacher 1x32 --steps 1  # smoke run
     python benchmarks/step_cost.py --device cuda --dtype bf16 --out results/step_cost_fused_gpu.json
     python benchmarks/step_cost.py --summarise-only --out results/step_cost.json   # a stored table (issue 2's too)
+    python benchmarks/step_cost.py --profile --vocabs 151936 --tokens 1024   # where a step's time goes (top ops)
 
 Every step is the real thing, `training_step` and the optimizer step: `Trainer` (the model's own loss) and
 `SALTTrainer` with `loss_implementation="logits"` (the chunked loss on both models' logits) and `"fused_linear"`
@@ -155,6 +156,24 @@ def time_all(vocab: int, tokens: int, cli) -> dict:
     return row
 
 
+def profile(vocab: int, tokens: int, cli, top: int = 15) -> str:
+    """torch.profiler over one step of each kind (after a warm-up step): the operators by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = tokens // cli.seq
+    trainers = {kind: make_trainer(kind, vocab, rows, cli) for kind in KINDS}
+    inputs = batch(vocab, rows, cli.seq, trainers["plain"].args.device)
+    report = []
+    for kind, trainer in trainers.items():
+        step(trainer, inputs)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(trainer, inputs)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        report.append(f"## {kind}: vocab {vocab}, {tokens} tokens\n\n{table}")
+    return "\n".join(report)
+
+
 def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         line = next(line for line in f if line.startswith(field + ":"))
@@ -248,6 +267,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "step_cost_fused.json"))
     parser.add_argument("--compile", action="store_true", help="SALTConfig(kd_compile=True) for the logits path")
     parser.add_argument("--summarise-only", action="store_true", help="measure nothing: print the table of --out")
+    parser.add_argument("--profile", action="store_true", help="profile one step of each kind at the first sizes")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.threads:
@@ -258,6 +278,9 @@ def main():
         return
     if cli.summarise_only:
         print_table(json.loads(Path(cli.out).read_text()))
+        return
+    if cli.profile:
+        print(profile(int(cli.vocabs.split(",")[0]), int(cli.tokens.split(",")[0]), cli))
         return
     rows = []
     for vocab in [int(v) for v in cli.vocabs.split(",")]:
