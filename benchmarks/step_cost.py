@@ -261,6 +261,7 @@ def main():
     parser.add_argument("--seq", type=int, default=SEQ, help="tokens per row")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true", help="times only: skip the CPU peak-memory processes")
+    parser.add_argument("--memory-only", action="store_true", help="CPU peak memory only, no timing")
     parser.add_argument("--student", default=STUDENT, help="<layers>x<width> or a salt_hf.models size")
     parser.add_argument("--teacher", default=TEACHER, help="<layers>x<width> or a salt_hf.models size")
     parser.add_argument("--steps", type=int, default=10)
@@ -286,7 +287,8 @@ def main():
     for vocab in [int(v) for v in cli.vocabs.split(",")]:
         for tokens in [int(t) for t in cli.tokens.split(",")]:
             t0 = time.time()
-            row = time_all(vocab, tokens, cli)
+            row = {"vocab": vocab, "tokens": tokens, "student": cli.student, "teacher": cli.teacher}
+            row = row if cli.memory_only else time_all(vocab, tokens, cli)
             if cli.device == "cpu" and not cli.no_memory:
                 row.update(cpu_peaks(vocab, tokens, cli))
             if "transient_mib_plain" in row:
@@ -295,7 +297,8 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     write_json(Path(cli.out), rows, indent=2)
-    print_table(rows)
+    if not cli.memory_only:
+        print_table(rows)
 
 
 if __name__ == "__main__":
