@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
-from salt_hf.config import DEFAULT_KD_RATIO, SALTConfig
+from salt_hf.config import SALTConfig
 from salt_hf.losses import DIVERGENCES
 from salt_hf.schedules import KD_SCHEDULES
 
@@ -50,13 +50,13 @@ def test_defaults(tmp_path):
     assert config.kd_weight == 0.5
     assert config.kd_steps is None
     assert config.kd_ratio is None
+    assert config.kd_auto  # neither kd_steps nor kd_ratio given: the KD stage ends itself
     assert config.kd_schedule == "step"
     assert config.kd_divergence == "forward_kl"
     assert config.kd_jsd_beta == 0.5
     assert config.kd_temperature == 1.0
     assert config.kd_chunk_size is None
     assert config.loss_implementation == "auto"
-    assert 0.0 < DEFAULT_KD_RATIO < 1.0
 
 
 def test_every_salt_field_has_help():
@@ -228,5 +228,7 @@ def test_kd_ratio_rounds_up_without_float_error(tmp_path, ratio, max_steps):
 
 
 @pytest.mark.parametrize("max_steps", [1, 7, 10, 100, 1234])
-def test_default_ratio_when_neither_is_set(tmp_path, max_steps):
-    assert make(tmp_path).resolve_kd_steps(max_steps) == exact_ceil(DEFAULT_KD_RATIO, max_steps)
+def test_automatic_stop_when_neither_is_set(tmp_path, max_steps):
+    config = make(tmp_path)
+    assert config.kd_auto
+    assert config.resolve_kd_steps(max_steps) == exact_ceil(config.kd_auto_max_ratio, max_steps)  # its ceiling

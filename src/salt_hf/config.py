@@ -16,11 +16,9 @@ from .losses import Divergence
 from .schedules import KDSchedule
 from .speedups import LayerwiseDirection, SeqWarmupSchedule
 
-# Fraction of the run spent in the KD stage when neither `kd_steps` nor `kd_ratio` is given: the paper's recipe (its
-# main run distils for 36K of ~208K steps). What our benchmarks measured about it: benchmarks/RESULTS.md.
-DEFAULT_KD_RATIO = 0.2
-# kd_steps="auto" (salt_hf.kd_stop): the window of the catch-up test, and its floor and ceiling as fractions of the
-# run. The measurements behind them: benchmarks/RESULTS.md, section 6.
+# kd_steps="auto" (salt_hf.kd_stop), the default when neither kd_steps nor kd_ratio is given: the window of the
+# catch-up test, and its floor and ceiling as fractions of the run. The measurements behind them and behind the
+# default: benchmarks/RESULTS.md, section 6.
 AUTO_WINDOW, AUTO_MIN_RATIO, AUTO_MAX_RATIO = 25, 0.05, 0.5
 TeacherPlacement = Literal["replicate", "zero3"]
 TEACHER_PLACEMENTS: tuple[str, ...] = get_args(TeacherPlacement)
@@ -64,14 +62,15 @@ class SALTConfig(TrainingArguments):
         kd_weight (`float`, *optional*, defaults to `0.5`):
             w, the initial KD weight in [0, 1]. 0 turns SALT off (plain `Trainer`).
         kd_steps (`int` or `"auto"`, *optional*):
-            n_KD, the number of optimizer steps of the KD stage. Exclusive with `kd_ratio`. `"auto"`: the trainer
+            n_KD, the number of optimizer steps of the KD stage. Exclusive with `kd_ratio`. `"auto"` (what applies when
+            neither `kd_steps` nor `kd_ratio` is given): the trainer
             ends the KD stage itself, at the first optimizer step from which the student's next-token loss, averaged
             over the last `kd_auto_window` steps' KD batches, is at or below the teacher's on the same tokens
             (`salt_hf.kd_stop.AutoKDStop`), but not before `kd_auto_min_ratio` nor after `kd_auto_max_ratio` of
             `max_steps`.
         kd_ratio (`float`, *optional*):
             n_KD as a fraction of the run's optimizer steps (rounded up). Exclusive with `kd_steps`; when neither is
-            given, `DEFAULT_KD_RATIO` (0.2) applies.
+            given, `kd_steps="auto"` applies.
         kd_auto_window (`int`, *optional*, defaults to `AUTO_WINDOW`):
             With `kd_steps="auto"`: how many optimizer steps the catch-up test averages over; under the linear
             schedules also the number of steps over which w falls to 0 once the test fires.
@@ -172,12 +171,12 @@ class SALTConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "n_KD: optimizer steps of the KD stage, or 'auto' (it ends when the student has caught up with "
-            "the teacher). Exclusive with kd_ratio."
+            "the teacher; what applies when neither kd_steps nor kd_ratio is set). Exclusive with kd_ratio."
         },
     )
     kd_ratio: float | None = field(
         default=None,
-        metadata={"help": f"n_KD as a fraction of max_steps (default {DEFAULT_KD_RATIO}). Exclusive with kd_steps."},
+        metadata={"help": "n_KD as a fraction of max_steps. Exclusive with kd_steps."},
     )
     kd_auto_window: int = field(
         default=AUTO_WINDOW,
@@ -351,7 +350,7 @@ class SALTConfig(TrainingArguments):
     def _check_kd_length(self) -> None:
         if isinstance(self.kd_steps, str):
             self.kd_steps = _parse_kd_steps(self.kd_steps)
-        if self.kd_steps == "auto":
+        if self.kd_auto:
             return self._check_kd_auto()
         if self.kd_steps is not None and self.kd_ratio is not None:
             raise ValueError(
@@ -380,8 +379,9 @@ class SALTConfig(TrainingArguments):
 
     @property
     def kd_auto(self) -> bool:
-        """Whether the trainer decides where the KD stage ends (`kd_steps="auto"`)."""
-        return self.kd_steps == "auto"
+        """Whether the trainer decides where the KD stage ends: `kd_steps="auto"`, or neither `kd_steps` nor
+        `kd_ratio` given (the default)."""
+        return self.kd_steps == "auto" or (self.kd_steps is None and self.kd_ratio is None)
 
     def _check_selection(self) -> None:
         if not 0.0 < self.kd_select_fraction <= 1.0:
@@ -452,7 +452,7 @@ class SALTConfig(TrainingArguments):
             return steps_of(self.kd_auto_max_ratio, max_steps)
         if self.kd_steps is not None:
             return self.kd_steps
-        return steps_of(DEFAULT_KD_RATIO if self.kd_ratio is None else self.kd_ratio, max_steps)
+        return steps_of(self.kd_ratio, max_steps)
 
 
 def steps_of(ratio: float, max_steps: int) -> int:
