@@ -85,7 +85,7 @@ class RunResult:
     step_times_s: list[float]  # every optimizer step, evaluation excluded
     median_kd_step_s: float | None
     median_plain_step_s: float | None
-    train_log: list[dict]  # the Trainer's training-loss log entries (and kd_steps="auto"'s decision)
+    train_log: list[dict]  # the Trainer's log entries but evaluations (training losses, kd_steps="auto"'s decision)
 
     @classmethod
     def load(cls, path: Path) -> RunResult:
@@ -230,10 +230,18 @@ def eval_curve(log_history: list[dict]) -> list[tuple[int, float, float]]:
 
 
 def train_run(
-    spec: RunSpec, corpus: str, device: str, run_dir: Path, save_to: Path | None = None, threads: int | None = None
+    spec: RunSpec,
+    corpus: str,
+    device: str,
+    run_dir: Path,
+    save_to: Path | None = None,
+    threads: int | None = None,
+    callbacks: list | None = None,
+    trainer_cls: type[SALTTrainer] = SALTTrainer,
 ) -> RunResult:
     """Trains one run with the recipe; the baseline is SALTTrainer without a teacher, which trains as Trainer does.
-    `save_to` keeps the final model; `threads` caps the CPU threads (runs that share the cores side by side)."""
+    `save_to` keeps the final model; `threads` caps the CPU threads (runs that share the cores side by side);
+    `callbacks` and `trainer_cls` add measurements (the trainer's class must train as SALTTrainer does)."""
     if threads:
         torch.set_num_threads(threads)
     info, train_rows, evals = load_corpus(corpus)
@@ -242,13 +250,13 @@ def train_run(
     args = recipe_args(spec, device, run_dir)
     model = build_model(spec.model, info["vocab"], info["seq_length"], spec.seed)
     timer = StepTimer(device)
-    trainer = SALTTrainer(
+    trainer = trainer_cls(
         model=model,
         teacher_model=str(teacher_dir(corpus, spec.teacher)) if spec.teacher else None,
         args=args,
         train_dataset=train_rows,
         eval_dataset=evals,
-        callbacks=[timer],
+        callbacks=[timer, *(callbacks or [])],
     )
     t0 = time.time()
     scoring_s, selection = 0.0, None
@@ -277,7 +285,9 @@ def train_run(
         step_times_s=times,
         median_kd_step_s=statistics.median(times[:kd_steps]) if kd_steps else None,
         median_plain_step_s=statistics.median(times[kd_steps:]) if kd_steps < len(times) else None,
-        train_log=[h for h in trainer.state.log_history if "loss" in h or "kd_stop_step" in h],
+        # every entry but the evaluations (kept in `curve_step_test_dev`): training losses, kd_steps="auto"'s decision
+        # and what added callbacks recorded
+        train_log=[h for h in trainer.state.log_history if not any(k.startswith("eval_") for k in h)],
     )
 
 

@@ -1,0 +1,188 @@
+"""SALT where the paper measured it: a teacher about half the student's size, ~20 tokens per parameter (issue 24).
+
+    python benchmarks/regime_benchmark.py --prepare                     # the corpora (300-token BPE, rows of 128)
+    python benchmarks/paper_regime.py --corpus python --commit          # every run not stored yet
+    python benchmarks/paper_regime.py --corpus python --commit --only teachers,end
+    python benchmarks/paper_regime.py --corpus python --cooldowns --commit   # point 0's cooldown branches
+    python benchmarks/paper_regime.py --corpus python --summarise-only
+
+The student (4 layers x 96, 0.47M parameters) trains 4,700 steps of 16 x 128 tokens: 9.6M tokens, 20.4 per
+parameter (1.59 epochs of the python corpus, 0.80 of prose). The teachers are smaller in width and depth: 3x80 (0.26M,
+0.56 of the student: the paper's 1.5B / 2.8B is 0.54), 2x64 (0.12M, 0.25) and 2x44 (63k, 0.13), each trained on the
+same training text for the student's token budget, a finished model as in SALT.
+
+Runs go `--parallel` at a time (one CPU thread each); each run's JSON is written to
+benchmarks/results/paper_regime/<corpus>/runs/ as it finishes (and committed with --commit); a rerun skips stored runs.
+Every student run also records, in its `train_log`, the measurements of kd_end.py: the NLL and KD terms' gradient
+norms and cosine every 20 steps, AdamW's update norm, the student's and teacher's entropy at every evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+
+import bench
+import kd_end
+import torch
+from bench import RESULTS, WORK, RunResult, RunSpec
+from regime_benchmark import commit, corpus_name
+
+ROOT = RESULTS / "paper_regime"
+STUDENT, STEPS = "4x96", 4700
+TEACHERS = {"half": "3x80", "quarter": "2x64", "eighth": "2x44"}
+EVERY = 100  # evaluation and logging interval (47 held-out evaluations per run)
+SAVE_EVERY = 470  # checkpoints at every tenth of the run, for the cooldown branches
+W = 0.5
+COOLDOWN = 470  # a branch's linear decay to 0: a tenth of the run
+ENTROPY_ROWS = 64
+
+
+def student(name: str, seed: int = 0, teacher: str | None = "half", steps: int = STEPS, **salt) -> RunSpec:
+    extra = {"eval_steps": EVERY, "logging_steps": EVERY // 10, **salt.pop("extra", {})}
+    group = salt.pop("group", "baseline" if teacher is None else "auto")
+    if teacher is None:
+        return RunSpec(name, model=STUDENT, steps=steps, seed=seed, group=group, extra=extra)
+    ratio = salt.pop("kd_ratio", None)
+    if ratio is None:
+        extra.setdefault("kd_steps", "auto")
+    return RunSpec(name, STUDENT, steps, seed, teacher, W, ratio, salt.pop("kd_schedule", "step"), group, extra)
+
+
+def with_checkpoints(spec: RunSpec) -> RunSpec:
+    spec.extra |= {"save_strategy": "steps", "save_steps": SAVE_EVERY}
+    return spec
+
+
+def teacher_runs() -> list[RunSpec]:
+    extra = {"eval_steps": EVERY, "logging_steps": EVERY}
+    return [
+        RunSpec(f"teacher_{t}", model=size, steps=STEPS, group="teacher", extra=extra) for t, size in TEACHERS.items()
+    ]
+
+
+def end_runs() -> list[RunSpec]:
+    """Point 0: the baseline, KD for the whole run and today's automatic stop (step end), with checkpoints."""
+    return [
+        with_checkpoints(student("baseline_s0", teacher=None)),
+        with_checkpoints(student("kd_all", kd_ratio=1.0, group="kd_all")),
+        with_checkpoints(student("auto_step_s0")),
+    ]
+
+
+def all_runs() -> dict[str, list[RunSpec]]:
+    return {"teachers": teacher_runs(), "end": end_runs()}
+
+
+# ---- training -------------------------------------------------------------------------------------------------------
+
+
+def runs_dir(corpus: str):
+    return ROOT / corpus / "runs"
+
+
+def train_one(spec: RunSpec, corpus: str, threads: int):
+    name = corpus_name(corpus)
+    if spec.group == "teacher":
+        save_to = bench.teacher_dir(name, "paper_" + spec.name.removeprefix("teacher_"))
+        result = bench.train_run(spec, name, "cpu", WORK / name / "paper_runs" / spec.name, save_to, threads)
+    else:
+        teacher = bench.teacher_dir(name, spec.teacher) if spec.teacher else None
+        _, _, evals = bench.load_corpus(name)
+        rows = evals["dev"].rows[:ENTROPY_ROWS]
+        kd_end.GradientProbe.probe_every = 20
+        callbacks = [kd_end.UpdateNorm(), kd_end.Entropy(rows, teacher)]
+        run_dir = WORK / name / "paper_runs" / spec.name
+        result = bench.train_run(spec, name, "cpu", run_dir, None, threads, callbacks, kd_end.GradientProbe)
+    result.save(runs_dir(corpus) / f"{spec.name}.json")
+
+
+def resolve_teacher(spec: RunSpec) -> RunSpec:
+    """The suite names teachers half / quarter / eighth; their folders are paper_<name> beside the other suites'."""
+    if spec.teacher and not spec.teacher.startswith("paper_"):
+        spec.teacher = "paper_" + spec.teacher
+    return spec
+
+
+def train(args) -> None:
+    groups = all_runs()
+    names = args.only.split(",") if args.only else list(groups)
+    for group in names:
+        specs = groups[group] if group in groups else [s for g in groups.values() for s in g if s.name == group]
+        todo = [resolve_teacher(s) for s in specs if not (runs_dir(args.corpus) / f"{s.name}.json").is_file()]
+        for i in range(0, len(todo), args.parallel):
+            batch = todo[i : i + args.parallel]
+            print("side by side:", ", ".join(s.name for s in batch), flush=True)
+            bench.in_workers(partial(train_one, corpus=args.corpus, threads=1), batch, len(batch))
+            if args.commit:
+                paths = [runs_dir(args.corpus) / f"{s.name}.json" for s in batch]
+                commit(paths, f"paper regime ({args.corpus}): {', '.join(s.name for s in batch)}")
+
+
+# ---- cooldown branches (point 0) ------------------------------------------------------------------------------------
+
+
+def branches() -> list[tuple[str, int, str]]:
+    """(run, step, mode): plain = NLL only, kd = KD continued at w; off the baseline and KD-for-the-whole-run."""
+    out = []
+    for step in range(SAVE_EVERY, STEPS // 2 + SAVE_EVERY + 1, SAVE_EVERY):  # 10% .. 60% of the run
+        out += [("baseline_s0", step, "plain"), ("kd_all", step, "plain"), ("kd_all", step, "kd")]
+    return out
+
+
+def cooldown_one(branch: tuple[str, int, str], corpus: str) -> dict:
+    run, step, mode = branch
+    name = corpus_name(corpus)
+    teacher = RunResult.load(runs_dir(corpus) / f"{run}.json").spec.teacher  # the run's own teacher, when KD goes on
+    spec = student(f"{run}_{mode}", teacher=teacher, kd_ratio=1.0) if mode == "kd" else student(run, teacher=None)
+    t0 = time.time()
+    test, dev = kd_end.cooldown(WORK / name / "paper_runs" / run, step, STEPS, COOLDOWN, spec, name, threads=1)
+    return {"run": run, "step": step, "mode": mode, "test": test, "dev": dev, "wall_s": time.time() - t0}
+
+
+def cooldowns(args) -> None:
+    path = ROOT / args.corpus / "cooldowns.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+    have = {(d["run"], d["step"], d["mode"]) for d in done}
+    todo = [b for b in branches() if b not in have]
+    for i in range(0, len(todo), args.parallel):
+        batch = todo[i : i + args.parallel]
+        print("cooldowns:", batch, flush=True)
+        done += bench.in_workers(partial(cooldown_one, corpus=args.corpus), batch, len(batch))
+        bench.write_json(path, sorted(done, key=lambda d: (d["step"], d["run"], d["mode"])), indent=1)
+        if args.commit:
+            commit([path], f"paper regime ({args.corpus}): cooldown branches {batch}")
+
+
+# ---- entry point ----------------------------------------------------------------------------------------------------
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", choices=("python", "prose"), required=True)
+    parser.add_argument("--only", default=None, help="comma-separated groups or run names")
+    parser.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each")
+    parser.add_argument("--commit", action="store_true", help="git-commit each batch's stored runs as they finish")
+    parser.add_argument("--cooldowns", action="store_true", help="train point 0's cooldown branches")
+    parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    if args.cooldowns:
+        cooldowns(args)
+    elif not args.summarise_only:
+        train(args)
+    print(f"done: {time.time() - t0:.0f}s", flush=True)
+    for p in sorted(runs_dir(args.corpus).glob("*.json")):
+        r = RunResult.load(p)
+        print(f"{r.spec.name}: final test {r.final_test_loss:.4f} dev {r.final_dev_loss:.4f} kd_steps {r.kd_steps}")
+
+
+if __name__ == "__main__":
+    main()
