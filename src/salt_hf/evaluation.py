@@ -1,6 +1,6 @@
 """Downstream evaluation through lm-evaluation-harness (the optional extra `salt_hf[eval]`).
 
-Three things live here:
+Four things live here:
 
 - an offline LAMBADA-style task, `salt_lastword`: passages cut from any held-out prose, each ending in a word the
   model must predict from what came before. Like LAMBADA, the word is a content word and (by default) occurs
@@ -12,7 +12,10 @@ Three things live here:
 - `next_token_metrics`: next-token accuracy and perplexity of a checkpoint on held-out text, with the evaluate
   modules of `salt_hf.metrics`.
 
-The `salt-eval` command is the command-line face of all three.
+- `icl_probe_checkpoint`: the in-context learning probe of `salt_hf.icl_probe` (random sequences repeated twice)
+  on a checkpoint.
+
+The `salt-eval` command is the command-line face of all four.
 """
 
 from __future__ import annotations
@@ -263,3 +266,24 @@ def next_token_metrics(
         metrics.add_batch(**next_token_inputs(top.cpu().numpy(), label_log_probs.cpu().numpy(), labels.numpy()))
     tokens = sum(len(w) - 1 for w in windows)
     return {**metrics.compute(), "tokens": tokens, "windows": len(windows)}
+
+
+def icl_probe_checkpoint(
+    model_path: str,
+    tokenizer: str | None = None,
+    sequences: int = 64,
+    length: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """`salt_hf.icl_probe.icl_probe` on a `save_pretrained` checkpoint; ids drawn over the tokenizer's real
+    vocabulary (padded embedding rows excluded). Returns the probe's fields as a dict."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .icl_probe import icl_probe
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer or model_path))
+    return icl_probe(model, vocab, sequences=sequences, length=length, seed=seed).to_dict()

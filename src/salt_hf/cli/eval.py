@@ -25,6 +25,7 @@ from pathlib import Path
 from ..evaluation import (
     LASTWORD_TASK,
     evaluate_checkpoint,
+    icl_probe_checkpoint,
     lastword_passages,
     next_token_metrics,
     require_lm_eval,
@@ -58,6 +59,12 @@ class EvalArguments:
             "this many tokens."
         },
     )
+    icl_probe: bool = field(
+        default=False,
+        metadata={"help": "Also run the in-context learning probe: random token sequences repeated twice."},
+    )
+    icl_sequences: int = field(default=64, metadata={"help": "ICL probe: how many random sequences."})
+    icl_length: int = field(default=32, metadata={"help": "ICL probe: tokens per copy (2x this must fit the model)."})
     include_path: str | None = field(default=None, metadata={"help": "A folder of your own harness task YAMLs."})
     num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per prompt (task default)."})
     batch_size: int = field(default=16, metadata={"help": "Harness batch size."})
@@ -92,20 +99,47 @@ def check(args: EvalArguments) -> None:
             f"--model_name_or_path {model}: no config.json there and the hub is offline; give a save_pretrained"
             " folder."
         )
-    if not args.tasks and not args.lastword_text:
-        raise InputError("nothing to evaluate: give --tasks (harness task names) and/or --lastword_text (files).")
+    if not args.tasks and not args.lastword_text and not args.icl_probe:
+        raise InputError(
+            "nothing to evaluate: give --tasks (harness task names), --lastword_text (files) and/or --icl_probe."
+        )
     if args.output_file and Path(args.output_file).exists():
         raise InputError(f"--output_file {args.output_file} exists; nothing was changed. Choose another path.")
     if args.lastword_min_words < 2 or args.lastword_max_words < args.lastword_min_words:
         raise InputError("need 2 <= --lastword_min_words <= --lastword_max_words.")
     if args.next_token_seq_length is not None and (args.next_token_seq_length < 2 or not args.lastword_text):
         raise InputError("--next_token_seq_length needs at least 2 tokens per window and --lastword_text files.")
-    with as_input_error(ImportError):
-        require_lm_eval()
+    if args.icl_sequences < 1 or args.icl_length < 2:
+        raise InputError("need --icl_sequences >= 1 and --icl_length >= 2.")
+    if args.tasks or args.lastword_text:
+        with as_input_error(ImportError):
+            require_lm_eval()
 
 
 def run(args: EvalArguments) -> dict:
     check(args)
+    report = {"arguments": asdict(args), "results": {}, "n_samples": {}}
+    if args.tasks or args.lastword_text:
+        report |= harness(args)
+    if args.icl_probe:
+        report["icl_probe"] = icl_probe_checkpoint(
+            args.model_name_or_path,
+            tokenizer=args.tokenizer_name_or_path,
+            sequences=args.icl_sequences,
+            length=args.icl_length,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    print_report(report)
+    if args.output_file:
+        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_file).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def harness(args: EvalArguments) -> dict:
+    """The harness's tasks (and the last-word task cut from --lastword_text), and the next-token metrics."""
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     files = _text_files(args.lastword_text) if args.lastword_text else []
     texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
@@ -136,7 +170,7 @@ def run(args: EvalArguments) -> dict:
             seed=args.seed,
             task_manager=task_manager,
         )
-    report = {"arguments": asdict(args), "results": results["results"], "n_samples": results["n_samples"]}
+    report = {"results": results["results"], "n_samples": results["n_samples"]}
     if args.next_token_seq_length is not None:
         # the texts gave the last-word task its passages, so they hold windows to score
         report["next_token"] = next_token_metrics(
@@ -148,17 +182,14 @@ def run(args: EvalArguments) -> dict:
             device=args.device,
             dtype=args.dtype,
         )
-    print_report(report)
-    if args.output_file:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
 def print_report(report: dict) -> None:
     lines = dict(report["results"])
-    if "next_token" in report:
-        lines["next_token"] = report["next_token"]
+    for extra in ("next_token", "icl_probe"):
+        if extra in report:
+            lines[extra] = report[extra]
     for task, metrics in lines.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k)
         print(f"{task}: {shown}")
