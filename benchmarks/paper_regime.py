@@ -156,6 +156,91 @@ def cooldowns(args) -> None:
             commit([path], f"paper regime ({args.corpus}): cooldown branches {batch}")
 
 
+# ---- point 0's report: the KD stage's end ---------------------------------------------------------------------------
+
+
+def log_rows(run: RunResult, key: str) -> list[dict]:
+    return [h for h in run.train_log if key in h]
+
+
+def interpolate_step(curve: list[tuple[int, float]], loss: float) -> float | None:
+    """The (linearly interpolated) step at which a falling `curve` of (step, loss) reaches `loss`; None beyond it."""
+    for (s0, l0), (s1, l1) in zip(curve, curve[1:], strict=False):
+        if l0 >= loss >= l1:
+            return s0 + (s1 - s0) * (l0 - loss) / (l0 - l1) if l0 != l1 else s0
+    return None
+
+
+def head_start(corpus: str, col: str = "test") -> dict:
+    """From the cooldown branches: at each branch step, the annealed loss of the baseline, of KD-for-the-whole-run
+    annealed plainly and with KD going on, the annealed lead (nats) and that lead in steps of the annealed baseline
+    (the ceiling of what any end of the KD stage can keep); `head_start_ceiling` is the largest, as a fraction of
+    the run."""
+    path = ROOT / corpus / "cooldowns.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    at = {(r["run"], r["step"], r["mode"]): r[col] for r in rows}
+    base = sorted((step, v) for (run, step, _), v in at.items() if run == "baseline_s0")
+    out = []
+    for step, base_loss in base:
+        row = {"step": step, "baseline": base_loss}
+        for mode in ("plain", "kd"):
+            loss = at.get(("kd_all", step, mode))
+            if loss is None:
+                continue
+            reached = interpolate_step(base, loss)
+            row[f"kd_all_{mode}"] = loss
+            row[f"lead_{mode}_nats"] = base_loss - loss
+            row[f"lead_{mode}_steps"] = None if reached is None else reached - step
+        out.append(row)
+    leads = [r["lead_plain_steps"] for r in out if r.get("lead_plain_steps") is not None]
+    return {"branches": out, "head_start_ceiling": max(leads) / STEPS if leads else None}
+
+
+def end_report(corpus: str) -> dict:
+    """Around the automatic stop of `auto_step_s0`: held-out losses, the gradient probe, AdamW's update norm and
+    the entropies, beside the baseline's and KD-for-the-whole-run's; and the cooldown branches' head start."""
+    runs = bench.load_runs(runs_dir(corpus))
+    out = {"head_start": head_start(corpus)}
+    base = runs.get("baseline_s0")
+    for name in ("kd_all", "auto_step_s0"):
+        run = runs.get(name)
+        if run is None or base is None:
+            continue
+        stop = next((h for h in run.train_log if "kd_stop_step" in h), None)
+        curve = {s: (t, d) for s, t, d in run.curve_step_test_dev}
+        lead = [(s, base_t - curve[s][0]) for s, base_t, _ in base.curve_step_test_dev if s in curve]
+        out[name] = {
+            "kd_end_step": run.kd_steps,
+            "kd_stop": stop,
+            "final_test_loss": run.final_test_loss,
+            "lead_over_baseline_test": lead,
+            "probe": [
+                {
+                    k: h[k]
+                    for k in ("step", "probe_kd_weight", "grad_norm_nll", "grad_norm_kd", "grad_cos_nll_kd")
+                    if k in h
+                }
+                for h in log_rows(run, "probe_step")
+            ],
+            "update_norm": [
+                (h["update_step"], h["update_norm_mean"], h["update_lr"]) for h in log_rows(run, "update_step")
+            ],
+            "entropy": [
+                (h["step"], h["student_entropy"], h.get("teacher_entropy")) for h in log_rows(run, "student_entropy")
+            ],
+        }
+    if base is not None:
+        out["baseline_s0"] = {
+            "final_test_loss": base.final_test_loss,
+            "update_norm": [
+                (h["update_step"], h["update_norm_mean"], h["update_lr"]) for h in log_rows(base, "update_step")
+            ],
+            "entropy": [(h["step"], h["student_entropy"]) for h in log_rows(base, "student_entropy")],
+            "probe": [{k: h[k] for k in ("step", "grad_norm_nll")} for h in log_rows(base, "probe_step")],
+        }
+    return out
+
+
 # ---- entry point ----------------------------------------------------------------------------------------------------
 
 
