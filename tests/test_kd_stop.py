@@ -218,6 +218,25 @@ def test_linear_schedules_ramp_down_over_the_window_after_the_decision(
     assert sorted(set(calls)) == [0, 1, 2, 3] and trainer.teacher_model is None
 
 
+def test_fall_ratio_sets_how_long_w_falls_after_the_decision(tmp_path, tokenizer, token_stream, teacher):
+    # the test fires at 2 (window 2); w then falls over ceil(0.5 * 8) = 4 steps, not over the window
+    trainer, calls = auto_run(
+        tmp_path,
+        tokenizer,
+        teacher,
+        dataset(token_stream, 32),
+        max_steps=8,
+        kd_auto_window=2,
+        kd_schedule="linear_decay",
+        kd_auto_fall_ratio=0.5,
+    )
+    assert (trainer.kd_stop.stop_step, trainer.kd_stop.fall, trainer.kd_steps) == (2, 4, 6)
+    expected = [0.5, 0.5, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0]  # 0.5 * (1 - k / 4) for k = 0..3 after the decision
+    assert [h["kd_weight"] for h in logs_of(trainer)] == pytest.approx(expected)
+    assert sorted(set(calls)) == [0, 1, 2, 3, 4, 5] and trainer.teacher_model is None
+    assert trainer.kd_stop.state()["args"]["fall"] == 4  # a resumed run falls over the same steps
+
+
 def test_epoch_based_run_takes_floor_and_ceiling_from_its_step_count(tmp_path, tokenizer, token_stream, teacher):
     # no max_steps: 24 rows, 2 x 2 per step, one epoch = 6 steps; ceiling 0.3 of them = step 2
     trainer, calls = auto_run(
@@ -328,6 +347,10 @@ def test_auto_config_and_its_errors(tmp_path):
         (dict(max_steps=10, kd_steps="auto", kd_auto_window=0), "kd_auto_window"),
         (dict(max_steps=10, kd_steps="auto", kd_auto_min_ratio=0.6, kd_auto_max_ratio=0.4), "kd_auto_min_ratio"),
         (dict(max_steps=10, kd_steps="auto", kd_auto_max_ratio=1.5), "kd_auto_max_ratio"),
+        (dict(max_steps=10, kd_steps="auto", kd_schedule="linear_decay", kd_auto_fall_ratio=0.0), "must be in"),
+        (dict(max_steps=10, kd_steps="auto", kd_schedule="linear_decay", kd_auto_fall_ratio=1.5), "must be in"),
+        (dict(max_steps=10, kd_steps="auto", kd_auto_fall_ratio=0.2), "kd_schedule='step' drops it at once"),
+        (dict(max_steps=10, kd_ratio=0.2, kd_schedule="linear_decay", kd_auto_fall_ratio=0.2), "only with kd_steps"),
     ]:
         with pytest.raises(ValueError, match=match):
             SALTConfig(**base, **bad)

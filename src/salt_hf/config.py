@@ -73,7 +73,11 @@ class SALTConfig(TrainingArguments):
             given, `kd_steps="auto"` applies.
         kd_auto_window (`int`, *optional*, defaults to `AUTO_WINDOW`):
             With `kd_steps="auto"`: how many optimizer steps the catch-up test averages over; under the linear
-            schedules also the number of steps over which w falls to 0 once the test fires.
+            schedules also the number of steps over which w falls to 0 once the test fires, unless
+            `kd_auto_fall_ratio` is set.
+        kd_auto_fall_ratio (`float`, *optional*):
+            With `kd_steps="auto"` and a linear `kd_schedule`: the fraction of the run's optimizer steps (rounded up)
+            over which w falls to 0 once the test fires (the KD stage's end then lies that far after the test).
         kd_auto_min_ratio (`float`, *optional*, defaults to `AUTO_MIN_RATIO`):
             With `kd_steps="auto"`: the earliest step at which the test may fire, as a fraction of the run's
             optimizer steps (rounded up; `max_steps`, or the steps of `num_train_epochs`).
@@ -181,6 +185,13 @@ class SALTConfig(TrainingArguments):
     kd_auto_window: int = field(
         default=AUTO_WINDOW,
         metadata={"help": "kd_steps='auto': optimizer steps whose KD batches the catch-up test averages over."},
+    )
+    kd_auto_fall_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "kd_steps='auto' with a linear kd_schedule: the fraction of the run's steps over which w falls "
+            "to 0 once the test fires (default: kd_auto_window steps)."
+        },
     )
     kd_auto_min_ratio: float = field(
         default=AUTO_MIN_RATIO,
@@ -352,6 +363,11 @@ class SALTConfig(TrainingArguments):
             self.kd_steps = _parse_kd_steps(self.kd_steps)
         if self.kd_auto:
             return self._check_kd_auto()
+        if self.kd_auto_fall_ratio is not None:
+            raise ValueError(
+                f"kd_auto_fall_ratio={self.kd_auto_fall_ratio} applies only with kd_steps='auto'; with a fixed n_KD "
+                "the linear schedules already fall over the whole KD stage. Unset it or use kd_steps='auto'."
+            )
         if self.kd_steps is not None and self.kd_ratio is not None:
             raise ValueError(
                 f"kd_steps={self.kd_steps} and kd_ratio={self.kd_ratio} are both set; set exactly one of them."
@@ -375,6 +391,15 @@ class SALTConfig(TrainingArguments):
             raise ValueError(
                 f"kd_auto_min_ratio={self.kd_auto_min_ratio} and kd_auto_max_ratio={self.kd_auto_max_ratio} must "
                 "satisfy 0 <= kd_auto_min_ratio <= kd_auto_max_ratio <= 1."
+            )
+        if self.kd_auto_fall_ratio is None:
+            return
+        if not 0.0 < self.kd_auto_fall_ratio <= 1.0:
+            raise ValueError(f"kd_auto_fall_ratio={self.kd_auto_fall_ratio} must be in (0, 1].")
+        if self.kd_schedule == "step":
+            raise ValueError(
+                f"kd_auto_fall_ratio={self.kd_auto_fall_ratio} sets how long w falls, but kd_schedule='step' drops it "
+                "at once: use kd_schedule='linear_decay' or 'linear_ratio_decay', or unset kd_auto_fall_ratio."
             )
 
     @property

@@ -34,6 +34,8 @@ class AutoKDStop(TrainerCallback, ExportableState):
     Args:
         window (`int`): optimizer steps the test averages over.
         min_step (`int`), max_step (`int`): the floor and the ceiling of the step at which the KD stage may end.
+        fall (`int`, *optional*): the steps over which a linear schedule takes w to 0 once the test fired
+            (defaults to `window`).
 
     Attributes:
         stop_step (`int` or `None`): the optimizer step from which w follows the schedule's end (None: undecided).
@@ -43,8 +45,9 @@ class AutoKDStop(TrainerCallback, ExportableState):
             dataset (the batches already drawn when the test fired stay from the selection).
     """
 
-    def __init__(self, window: int = 25, min_step: int = 0, max_step: int = 0):
+    def __init__(self, window: int = 25, min_step: int = 0, max_step: int = 0, fall: int | None = None):
         self.window, self.min_step, self.max_step = window, min_step, max_step
+        self.fall = window if fall is None else fall
         self.stop_step: int | None = None
         self.history: list[list[float]] = []
         self.reason: dict[str, float] | None = None
@@ -53,13 +56,15 @@ class AutoKDStop(TrainerCallback, ExportableState):
     _ATTRIBUTES = ("stop_step", "history", "reason", "data_switch")
 
     def set_bounds(self, args: SALTConfig, max_steps: int) -> None:
-        """The floor and the ceiling of a run of `max_steps` optimizer steps, from the config's ratios."""
+        """The floor, the ceiling and the fall of a run of `max_steps` optimizer steps, from the config's ratios."""
         self.min_step, self.max_step = (
             steps_of(r, max_steps) for r in (args.kd_auto_min_ratio, args.kd_auto_max_ratio)
         )
+        ratio = args.kd_auto_fall_ratio
+        self.fall = self.window if ratio is None else steps_of(ratio, max_steps)
 
     def state(self) -> dict[str, Any]:
-        args = {"window": self.window, "min_step": self.min_step, "max_step": self.max_step}
+        args = {"window": self.window, "min_step": self.min_step, "max_step": self.max_step, "fall": self.fall}
         return {"args": args, "attributes": {k: getattr(self, k) for k in self._ATTRIBUTES}}
 
     def load(self, stored: dict[str, Any] | None) -> None:

@@ -117,7 +117,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         """n_KD, the first step with w = 0 (under kd_steps="auto": once decided; its latest value before)."""
         stop = self.kd_stop
         if stop is not None and stop.decided:
-            return auto_kd_end(self.args.kd_schedule, stop.stop_step, stop.window)
+            return auto_kd_end(self.args.kd_schedule, stop.stop_step, stop.fall)
         if self._kd_steps is None:
             self.resolve_kd_steps(self.state.max_steps or self.args.max_steps)
         return self._kd_steps
@@ -157,7 +157,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         args, stop = self.args, self.kd_stop
         if stop is not None:
             return auto_kd_weight(
-                step, schedule=args.kd_schedule, weight=args.kd_weight, stop_step=stop.stop_step, ramp=stop.window
+                step, schedule=args.kd_schedule, weight=args.kd_weight, stop_step=stop.stop_step, ramp=stop.fall
             )
         return kd_weight(step, schedule=args.kd_schedule, weight=args.kd_weight, kd_steps=self.kd_steps)
 
