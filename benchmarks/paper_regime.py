@@ -72,8 +72,18 @@ def end_runs() -> list[RunSpec]:
     ]
 
 
+def end_candidates() -> list[RunSpec]:
+    """Point 0's candidate ends of the automatic stop (seed 0, chosen on the dev half): w falls linearly after the
+    decision over a fifth of the run, or over half of it (to about the run's end)."""
+    fall = {"kd_schedule": "linear_decay"}
+    return [
+        student("auto_fall0.2_s0", **fall, extra={"kd_auto_fall_ratio": 0.2}),
+        student("auto_fall0.5_s0", **fall, extra={"kd_auto_fall_ratio": 0.5}),
+    ]
+
+
 def all_runs() -> dict[str, list[RunSpec]]:
-    return {"teachers": teacher_runs(), "end": end_runs()}
+    return {"teachers": teacher_runs(), "end": end_runs(), "end_candidates": end_candidates()}
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -95,7 +105,8 @@ def train_one(spec: RunSpec, corpus: str, threads: int):
         kd_end.GradientProbe.probe_every = 20
         callbacks = [kd_end.UpdateNorm(), kd_end.Entropy(rows, teacher)]
         run_dir = WORK / name / "paper_runs" / spec.name
-        result = bench.train_run(spec, name, "cpu", run_dir, None, threads, callbacks, kd_end.GradientProbe)
+        save_to = None if spec.extra.get("save_strategy") == "steps" else run_dir / "final"  # for the probes
+        result = bench.train_run(spec, name, "cpu", run_dir, save_to, threads, callbacks, kd_end.GradientProbe)
     result.save(runs_dir(corpus) / f"{spec.name}.json")
 
 
@@ -146,7 +157,12 @@ def cooldowns(args) -> None:
     path = ROOT / args.corpus / "cooldowns.json"
     done = json.loads(path.read_text()) if path.is_file() else []
     have = {(d["run"], d["step"], d["mode"]) for d in done}
-    todo = [b for b in branches() if b not in have]
+    ready = [
+        b
+        for b in branches()
+        if (WORK / corpus_name(args.corpus) / "paper_runs" / b[0] / f"checkpoint-{b[1]}").is_dir()
+    ]
+    todo = [b for b in ready if b not in have and (runs_dir(args.corpus) / f"{b[0]}.json").is_file()]
     for i in range(0, len(todo), args.parallel):
         batch = todo[i : i + args.parallel]
         print("cooldowns:", batch, flush=True)
@@ -154,6 +170,72 @@ def cooldowns(args) -> None:
         bench.write_json(path, sorted(done, key=lambda d: (d["step"], d["run"], d["mode"])), indent=1)
         if args.commit:
             commit([path], f"paper regime ({args.corpus}): cooldown branches {batch}")
+
+
+# ---- probes of every final model: out-of-domain loss and in-context learning (point 4) ------------------------------
+
+OTHER = {"python": "prose", "prose": "python"}
+OOD_ROWS, ICL_SEQUENCES, ICL_LENGTH = 256, 128, 32
+
+
+def final_model_dir(corpus: str, run: str):
+    """A student run's final model: its last checkpoint (`save_steps` divides the run) or the saved `final` folder."""
+    run_dir = WORK / corpus_name(corpus) / "paper_runs" / run
+    last = run_dir / f"checkpoint-{STEPS}"
+    return last if last.is_dir() else run_dir / "final"
+
+
+def ood_rows(corpus: str) -> torch.Tensor:
+    """The OTHER corpus's held-out documents in this corpus's tokenizer, packed into rows of the suite's length."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(WORK / corpus_name(corpus) / "tokenizer")
+    ids = []
+    for path in sorted((WORK / corpus_name(OTHER[corpus]) / "heldout").glob("*.txt")):
+        ids += tokenizer(path.read_text(encoding="utf-8"))["input_ids"] + [tokenizer.eos_token_id or 0]
+    seq = json.loads((WORK / corpus_name(corpus) / "info.json").read_text())["seq_length"]
+    usable = len(ids) // seq * seq
+    return torch.tensor(ids[:usable]).view(-1, seq)[:OOD_ROWS]
+
+
+def mean_loss(model, rows: torch.Tensor, batch: int = 32) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, rows.shape[0], batch):
+            x = rows[i : i + batch]
+            logits = model(input_ids=x).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="sum"))
+            count += x[:, 1:].numel()
+    return total / count
+
+
+def probe_one(run: str, corpus: str) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from salt_hf.icl_probe import icl_probe
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(final_model_dir(corpus, run)).eval()
+    vocab = json.loads((WORK / corpus_name(corpus) / "info.json").read_text())["vocab"]
+    icl = icl_probe(model, vocab, sequences=ICL_SEQUENCES, length=ICL_LENGTH, seed=0)
+    return {
+        "run": run,
+        "ood_test_loss": mean_loss(model, ood_rows(corpus)),
+        **{f"icl_{k}": v for k, v in icl.to_dict().items()},
+    }
+
+
+def probes(args) -> None:
+    """Fills results/paper_regime/<corpus>/probes.json for every stored student run whose final model is on disk."""
+    path = ROOT / args.corpus / "probes.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    runs = [p.stem for p in sorted(runs_dir(args.corpus).glob("*.json")) if not p.stem.startswith("teacher_")]
+    todo = [r for r in runs if r not in done and final_model_dir(args.corpus, r).is_dir()]
+    for row in bench.in_workers(partial(probe_one, corpus=args.corpus), todo, max(1, min(args.parallel, len(todo)))):
+        done[row.pop("run")] = row
+    bench.write_json(path, dict(sorted(done.items())), indent=1)
+    if args.commit and todo:
+        commit([path], f"paper regime ({args.corpus}): probes of {', '.join(todo)}")
 
 
 # ---- point 0's report: the KD stage's end ---------------------------------------------------------------------------
@@ -251,6 +333,7 @@ def parse_args():
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--commit", action="store_true", help="git-commit each batch's stored runs as they finish")
     parser.add_argument("--cooldowns", action="store_true", help="train point 0's cooldown branches")
+    parser.add_argument("--probes", action="store_true", help="probe the stored runs' final models (point 4)")
     parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
     return parser.parse_args()
 
@@ -261,6 +344,8 @@ def main():
     t0 = time.time()
     if args.cooldowns:
         cooldowns(args)
+    elif args.probes:
+        probes(args)
     elif not args.summarise_only:
         train(args)
     print(f"done: {time.time() - t0:.0f}s", flush=True)
