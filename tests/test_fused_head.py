@@ -1,4 +1,4 @@
-"""loss_implementation (salt_hf.fused_head): SALTTrainer with the fused-linear loss against the logits path."""
+"""loss_implementation (salt_hf.losses.head): SALTTrainer with the fused-linear loss against the logits path."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ class SALTConfig(TrainingArguments):
         kd_compile (`bool`, *optional*, defaults to `False`):
             Fuse the default KD term's passes over the vocabulary with `torch.compile` (the logits path).
         loss_implementation (`str`, *optional*, defaults to `"auto"`):
-            How the loss meets the models' output layers (`salt_hf.fused_head`). `"fused_linear"`: the student and
+            How the loss meets the models' output layers (`salt_hf.losses.head`). `"fused_linear"`: the student and
             the teacher run without their output layers and the loss is computed from their last hidden states and
             output weights, chunk by chunk, so neither model's [tokens x vocab] logits are formed, in the KD stage
             and after it. `"logits"`: the loss is computed on the logits of both models' forwards. `"auto"`:

@@ -12,9 +12,9 @@ from transformers import PreTrainedModel, Trainer
 from .callbacks import TeacherLifecycleCallback
 from .checkpointing import PreemptionSafeCheckpoints
 from .config import SALTConfig, as_salt_config
-from .fused_head import FusedHead
 from .kd_stop import AutoKDStop
 from .labels import pop_shift_labels
+from .losses.head import FusedHead
 from .schedules import auto_kd_end, auto_kd_weight, kd_weight
 from .selection import KDSelection, select_kd_data
 from .speedups import regroup_by_layer, warmup_inputs
@@ -49,7 +49,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         teacher (`salt_hf.teacher.Teacher` or `None`): the teacher and its lifecycle; None when SALT is off.
         kd_selection (`salt_hf.selection.KDSelection` or `None`): SALT_DS's scores and selection, once computed.
         kd_sampler (`salt_hf.selection.KDSelectionSampler` or `None`): SALT_DS's sample order, once built.
-        fused_head (`salt_hf.fused_head.FusedHead`): which loss implementation the run uses (`.implementation`), why.
+        fused_head (`salt_hf.losses.head.FusedHead`): which loss implementation the run uses (`.implementation`), why.
     """
 
     # compute_loss divides the loss by the global number of supervised tokens itself.

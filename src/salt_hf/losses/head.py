@@ -3,8 +3,8 @@
 With "fused_linear" the student is called as it always is (through its wrapper's forward, so DDP's and DeepSpeed's
 hooks run and ZeRO-3 gathers the output weight inside the output layer's own forward), with that layer's `forward`
 swapped for one that receives the last hidden states and returns `fused_linear_salt_loss` on them
-(`salt_hf.fused_linear`): neither model's [tokens x vocab] logits are formed. The teacher's last hidden states come
-the same way, from its own output layer; a ZeRO-3-sharded teacher's output weight is gathered around the student's
+(`salt_hf.losses.fused_linear`): neither model's [tokens x vocab] logits are formed. The teacher's last hidden states
+come the same way, from its own output layer; a ZeRO-3-sharded teacher's output weight is gathered around the student's
 forward. What the swapped layer hands back to the model as "logits" is a [..., 1] tensor of zeros that depends on the
 loss, so that hooks on the layer's output (ZeRO-3 gathers the weight again before the layer's backward) still run.
 
@@ -30,8 +30,9 @@ from accelerate.logging import get_logger
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from .chunks import SALTLossOutput
 from .fused_linear import fused_linear_logits, fused_linear_salt_loss
-from .losses import SALTLossOutput, salt_loss
+from .logits import salt_loss
 
 logger = get_logger(__name__)
 
