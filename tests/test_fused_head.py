@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from accelerate import PartialState
 from fixtures import (
     RESUME_RUN,
     TINY_LLAMA,
@@ -30,6 +31,7 @@ from transformers import (
 )
 
 from salt_hf import SALTTrainer
+from salt_hf.losses.head import FusedHead
 
 SPLITS = [(4, 1), (2, 2), (1, 4)]  # per-device batch x gradient accumulation
 SUPERVISED = [24, 5, 17, 2]  # unequal supervised lengths
@@ -345,3 +347,29 @@ def test_fused_step_forms_no_tokens_by_vocab_tensor(tmp_path, tokenizer, token_s
     assert largest["logits"] >= tokens_by_vocab  # the control: the logits path forms them
     # the fused path's largest tensors are the output weight and its gradient [V, H] (H = 32 < 4 x 24 tokens)
     assert largest["fused_linear"] == len(tokenizer) * 32
+
+
+# ---- 6. the Trainer-level check of the configuration: FSDP2 keeps the fused path, FSDP1 falls back ------------------
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fused_linear"])
+def test_fsdp2_keeps_the_fused_path_fsdp1_falls_back(tmp_path, tokenizer, teacher, caplog, implementation):
+    """What `SALTTrainer.__init__` asks of `FusedHead` under FSDP (the Trainer refuses FSDP without a GPU: the real
+    FSDP2 step is tests/distributed/test_fsdp2.py below the Trainer, and benchmarks/gpu_check.py through it)."""
+    PartialState()  # the head logs through accelerate's logger
+    args = config(tmp_path, loss_implementation=implementation)
+    head = FusedHead(args, accelerator=None)
+    head.check_models(tiny_llama(len(tokenizer)), teacher, fsdp_version=2)
+    assert head.implementation == "fused_linear" and head.reason is None
+    head = FusedHead(args, accelerator=None)
+    if implementation == "fused_linear":
+        with pytest.raises(
+            ValueError, match="fused_linear' cannot be used: the student is sharded with FSDP version 1"
+        ):
+            head.check_models(tiny_llama(len(tokenizer)), teacher, fsdp_version=1)
+        return
+    with caplog.at_level(logging.WARNING):
+        head.check_models(tiny_llama(len(tokenizer)), teacher, fsdp_version=1)
+    assert head.implementation == "logits" and "FSDP version 1" in head.reason
+    (line,) = fallback_lines(caplog)
+    assert "using the logits path, because the student is sharded with FSDP version 1" in line

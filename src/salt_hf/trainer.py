@@ -89,7 +89,8 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
         self.fused_head = FusedHead(self.args, self.accelerator, self.kd_vocab_size)
-        self.fused_head.check_models(self.model, self.teacher_model, fsdp=self.is_fsdp_enabled)
+        fsdp = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None
+        self.fused_head.check_models(self.model, self.teacher_model, None if fsdp is None else fsdp.fsdp_version)
         # the Trainer counts supervised tokens (on shifted labels) over the accumulated batch and processes, any model
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True

@@ -307,14 +307,22 @@ class FusedHead:
         """What the run uses now: "fused_linear" or "logits"."""
         return "fused_linear" if self.requested != "logits" and self.reason is None else "logits"
 
-    def check_models(self, student: nn.Module | None, teacher: nn.Module | None, fsdp: bool = False) -> None:
-        """The checks that need no forward, when the trainer is built; "fused_linear" raises if one fails."""
+    def check_models(
+        self, student: nn.Module | None, teacher: nn.Module | None, fsdp_version: int | None = None
+    ) -> None:
+        """
+        The checks that need no forward, when the trainer is built; "fused_linear" raises if one fails. `fsdp_version`
+        is that of the student's FSDP sharding (None without FSDP).
+        """
         if self.implementation == "logits":
             return
-        if fsdp:
+        # FSDP2 unshards the root's parameters (the output layer's among them) for the root's forward, inside which the
+        # fused loss runs and receives the whole weight, and reduce-scatters the weight's gradient that it returns
+        # (tests/distributed/test_fsdp2.py); FSDP1's flat parameters are not tested.
+        if fsdp_version is not None and fsdp_version != 2:
             return self._refuse(
-                "the student is sharded with FSDP, where the fused path is not tested; it runs inside the output "
-                "layer's forward under DDP and DeepSpeed ZeRO"
+                f"the student is sharded with FSDP version {fsdp_version}, where the fused path is not tested; it "
+                "runs inside the output layer's forward under FSDP2 (fsdp_version 2), DDP and DeepSpeed ZeRO"
             )
         if self.args.torch_compile:
             return self._refuse("torch_compile=True compiles the model's forward, output layer included")
