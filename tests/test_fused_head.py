@@ -18,6 +18,7 @@ from fixtures import (
     one_sgd_step_config,
     save_teacher,
 )
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     Gemma2Config,
@@ -28,10 +29,11 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    TrainerCallback,
 )
 
 from salt_hf import SALTTrainer
-from salt_hf.losses.head import FusedHead
+from salt_hf.losses.head import FusedHead, Probe
 
 SPLITS = [(4, 1), (2, 2), (1, 4)]  # per-device batch x gradient accumulation
 SUPERVISED = [24, 5, 17, 2]  # unequal supervised lengths
@@ -373,3 +375,61 @@ def test_fsdp2_keeps_the_fused_path_fsdp1_falls_back(tmp_path, tokenizer, teache
     assert head.implementation == "logits" and "FSDP version 1" in head.reason
     (line,) = fallback_lines(caplog)
     assert "using the logits path, because the student is sharded with FSDP version 1" in line
+
+
+# ---- 7. torch_compile=True: the decoder compiled, the fused loss outside its graph ---------------------------------
+
+
+class CompileRecord(TrainerCallback):
+    """At each optimizer step's end: the frames Dynamo has compiled so far; after the first, the student's weights."""
+
+    def __init__(self):
+        self.frames, self.first_step = [], None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.frames.append(counters["frames"]["ok"])
+        if state.global_step == 1:
+            self.first_step = flat_params(model)
+
+
+def test_torch_compile_keeps_the_fused_path(tmp_path, tokenizer, token_stream, teacher, monkeypatch, one_thread):
+    torch._dynamo.reset()
+    counters.clear()
+    verdicts, verdict = [], Probe.verdict
+
+    def recorded_verdict(probe, own):
+        verdicts.append((probe.name, verdict(probe, own)))
+        return verdicts[-1][1]
+
+    monkeypatch.setattr(Probe, "verdict", recorded_verdict)
+    ds = dataset(token_stream, 24, supervised=SUPERVISED * 6)
+    record = CompileRecord()
+    # 6 SGD steps, KD on the first 3: the KD weight, the teacher's part and the labels change, the shapes do not
+    args = one_sgd_step_config(str(tmp_path / "c"), 4, 1, use_cpu=True, torch_compile=True, max_steps=6, kd_steps=3)
+    compiled = SALTTrainer(model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds)
+    compiled.add_callback(record)
+    compiled.train()
+    assert isinstance(compiled.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)  # the Trainer compiled it
+    assert compiled.fused_head.implementation == "fused_linear", compiled.fused_head.reason
+    assert verdicts == [("teacher", None), ("student", None)]  # the first step's check ran, inside the compiled model
+    assert [h["kd_weight"] for h in compiled.state.log_history if "kd_weight" in h] == [0.5] * 3 + [0.0] * 3
+    # the first step compiles the decoder and what follows the output layer; the second recompiles the latter once
+    # (the first step's check hands the model [1, 8, V] logits, later steps a [B, T, 1] placeholder); then nothing
+    print(f"frames compiled after each step: {record.frames}")
+    assert record.frames[1] == record.frames[-1], record.frames
+    args = one_sgd_step_config(str(tmp_path / "eager"), 4, 1, use_cpu=True, loss_implementation="logits")
+    eager = SALTTrainer(model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds)
+    eager.train()
+    # inductor fuses and reorders the decoder's float32 reductions: a few ulps of lr * g more than eager vs eager
+    diff = (record.first_step - flat_params(eager.model)).abs().max().item()
+    print(f"compiled fused vs eager logits, one SGD step: max |diff| = {diff:.3g}")
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_torch_compile_with_cuda_graphs_falls_back(tmp_path, tokenizer, teacher, caplog, mode):
+    PartialState()
+    head = FusedHead(config(tmp_path, torch_compile=True, torch_compile_mode=mode), accelerator=None)
+    with caplog.at_level(logging.WARNING):
+        head.check_models(tiny_llama(len(tokenizer)), teacher)
+    assert head.implementation == "logits" and "captures CUDA graphs" in head.reason

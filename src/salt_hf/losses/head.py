@@ -10,17 +10,22 @@ loss, so that hooks on the layer's output (ZeRO-3 gathers the weight again befor
 
 A model qualifies when its output layer is a plain `torch.nn.Linear` (tied to the input embedding or not, with or
 without a bias) and what its forward does to that layer's output is known: nothing (Llama, Qwen2, GPT-2), Gemma's
-`final_logit_softcapping`, or the logit scales of `_LOGIT_SCALE`; and the student is not sharded by FSDP or compiled
-by the Trainer. That is checked twice: from the modules when the trainer is built (a teacher given by its path: when
+`final_logit_softcapping`, or the logit scales of `_LOGIT_SCALE`; and the student is not sharded by FSDP1 or compiled
+to CUDA graphs. That is checked twice: from the modules when the trainer is built (a teacher given by its path: when
 it is placed), and at each model's first fused batch, inside its real forward, by comparing the fused path's logits
 with the model's own on a few positions (`Probe`), so that an architecture not foreseen here is never trained on
 another objective. "auto" falls back to the logits path, with one log line saying why, when a check fails; an
 explicit "fused_linear" raises on the first check and falls back on the second.
+
+Under FSDP2 the swapped layer runs inside the root module's forward, where FSDP2 has unsharded the root's parameters
+(the output weight among them) and from where it reduce-scatters their gradients. Under `torch_compile=True` the
+swapped layer is outside the compiled graph (`SwappedForward`): the decoder runs compiled, the loss eagerly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +46,8 @@ CHECK_POSITIONS = 8
 # The largest |own - fused| allowed, in units of the compute dtype's eps times (1 + max |logit|): the two sides run the
 # same matmul; a post-processing step in the model's dtype (Gemma's soft-cap in bf16) rounds by about one eps.
 CHECK_EPS = 4.0
+# The torch.compile modes that capture CUDA graphs (torch._inductor.list_mode_options).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # What transformers 5's causal LMs multiply their output layer's output by, by `model_type` (read in their modeling
 # files); soft-capping is read from `final_logit_softcapping`, the field every model that soft-caps uses.
 _LOGIT_SCALE: dict[str, Callable[[Any], float]] = {
@@ -102,17 +109,47 @@ def output_layer(model: nn.Module, name: str = "model") -> OutputLayer:
     return OutputLayer(head, 1.0 if scale_of is None else float(scale_of(text)), softcap)
 
 
+class SwappedForward:
+    """
+    What a swapped output layer's `forward` is: one object per layer for the life of the process, which calls the
+    function the current block set (`target`). Outside `torch.compile`'s graph (`torch.compiler.disable`): a compiled
+    model's graph breaks at the output layer, the fused loss runs eagerly between the decoder's graph and the rest,
+    and the graph's guards on the layer's `forward` see the same object every step, so nothing is recompiled when the
+    loss's arguments (labels, teacher, KD weight) change.
+    """
+
+    _by_layer: weakref.WeakKeyDictionary[nn.Module, SwappedForward] = weakref.WeakKeyDictionary()
+
+    def __init__(self):
+        self.target: Callable[..., Any] | None = None
+        self.forward = torch.compiler.disable(self._call)
+
+    def _call(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.target(hidden)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> SwappedForward:
+        if module not in cls._by_layer:
+            cls._by_layer[module] = cls()
+        return cls._by_layer[module]
+
+
 @contextlib.contextmanager
 def swapped_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
     """
-    Runs the block with `forward` as `module`'s forward: an instance attribute, so that calling the module still runs
-    the hooks that DDP, DeepSpeed and accelerate registered on it. Restored however the block ends.
+    Runs the block with `forward` as `module`'s forward: an instance attribute (`SwappedForward`), so that calling the
+    module still runs the hooks that DDP, FSDP2, DeepSpeed and accelerate registered on it. Restored however the block
+    ends.
     """
+    swapped = SwappedForward.of(module)
     previous = vars(module).get("forward")
-    module.forward = forward
+    if swapped.target is not None:
+        raise RuntimeError("the output layer's forward is swapped already (a nested fused forward on one layer)")
+    swapped.target, module.forward = forward, swapped.forward
     try:
         yield
     finally:
+        swapped.target = None
         if previous is None:
             del module.forward
         else:
@@ -324,8 +361,12 @@ class FusedHead:
                 f"the student is sharded with FSDP version {fsdp_version}, where the fused path is not tested; it "
                 "runs inside the output layer's forward under FSDP2 (fsdp_version 2), DDP and DeepSpeed ZeRO"
             )
-        if self.args.torch_compile:
-            return self._refuse("torch_compile=True compiles the model's forward, output layer included")
+        if self.args.torch_compile and self.args.torch_compile_mode in CUDA_GRAPH_MODES:
+            return self._refuse(
+                f"torch_compile_mode={self.args.torch_compile_mode!r} captures CUDA graphs, around which the fused "
+                "path (run eagerly between the compiled graphs) is not tested (the default mode and "
+                "'max-autotune-no-cudagraphs' keep it)"
+            )
         try:
             if student is not None:
                 output_layer(student, "student")
