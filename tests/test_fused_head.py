@@ -433,3 +433,63 @@ def test_torch_compile_with_cuda_graphs_falls_back(tmp_path, tokenizer, teacher,
     with caplog.at_level(logging.WARNING):
         head.check_models(tiny_llama(len(tokenizer)), teacher)
     assert head.implementation == "logits" and "captures CUDA graphs" in head.reason
+
+
+# ---- 8. use_liger_kernel=True: Liger's kernels and forward, SALT's objective ----------------------------------------
+
+
+class LigerLikeLlama(LlamaForCausalLM):
+    """
+    The contract of the forward Liger patches in (`liger_kernel.transformers.model.llama.lce_forward`): with labels in
+    training it returns Liger's fused cross-entropy instead of calling the output layer; `skip_logits=True` (which
+    transformers adds to loss-only evaluation batches under `use_liger_kernel`) without labels is an error.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, skip_logits=None, **kwargs):
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits is True, but labels and shift_labels are None")
+        assert labels is None, "SALT passed labels: Liger would train its own cross-entropy, not SALT's loss"
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", ["logits", "fused_linear"])
+def test_liger_evaluation_hint_is_dropped(tmp_path, tokenizer, token_stream, teacher, implementation):
+    """Runs without Liger: transformers adds `skip_logits` in evaluation under use_liger_kernel whether or not it is
+    installed (it is needed, and checked, only when training starts)."""
+    val = dataset(token_stream, 4)
+    losses = []
+    for liger in (False, True):
+        torch.manual_seed(0)
+        model = LigerLikeLlama(tiny_llama(len(tokenizer)).config)
+        args = config(
+            tmp_path, per_device_eval_batch_size=2, loss_implementation=implementation, use_liger_kernel=liger
+        )
+        trainer = SALTTrainer(model=model, teacher_model=teacher, args=args, eval_dataset=val)
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert losses[1] == losses[0]
+
+
+def test_liger_kernel_trains_salts_objective(tmp_path, tokenizer, token_stream, teacher):
+    """
+    The real Liger (skipped without it: its Triton kernels need a GPU, and its import needs triton): the forward it
+    patches in, with SALT's fused loss. Its RMSNorm, SwiGLU and RoPE kernels run on GPUs only; benchmarks/gpu_check.py
+    runs them.
+    """
+    pytest.importorskip("liger_kernel.transformers", reason="liger-kernel (and triton) not installed")
+    ds = dataset(token_stream, 4, supervised=SUPERVISED)
+    runs = {}
+    cpu_safe = {"rope": False, "rms_norm": False, "swiglu": False, "fused_linear_cross_entropy": True}
+    for liger in (False, True):
+        out = str(tmp_path / f"liger-{liger}")
+        kw = dict(use_liger_kernel=True, liger_kernel_config=cpu_safe) if liger else {}
+        args = one_sgd_step_config(out, 2, 2, use_cpu=True, per_device_eval_batch_size=2, **kw)
+        trainer = SALTTrainer(
+            model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds, eval_dataset=ds
+        )
+        trainer.train()
+        assert trainer.fused_head.implementation == "fused_linear", trainer.fused_head.reason
+        runs[liger] = flat_params(trainer.model), kd_losses(trainer), trainer.evaluate()["eval_loss"]
+        patched = trainer.model.forward.__func__.__module__
+        assert patched.startswith("liger_kernel") == liger, patched  # Liger's forward ran the step
+    assert torch.equal(runs[True][0], runs[False][0])
+    assert runs[True][1:] == runs[False][1:]

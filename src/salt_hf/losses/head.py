@@ -405,6 +405,11 @@ class FusedHead:
         `salt_hf.teacher.Teacher`, placed; None without one) at weight `kd_weight`. Logits are returned (the
         logits path) when `return_outputs` asks for them outside a loss-only evaluation.
         """
+        # transformers adds `skip_logits=True` to a loss-only evaluation's batch under `use_liger_kernel`, for Liger's
+        # forward to compute its own cross-entropy from the labels, and that forward refuses it without labels. Both
+        # models get no labels here (SALT computes its loss itself), so Liger's forward calls the output layer, as the
+        # model's own would, on both paths.
+        inputs = {key: value for key, value in inputs.items() if key != "skip_logits"}
         if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):
             result = self._fused(model, inputs, labels, teacher, kd_weight)
             if result is not None:
