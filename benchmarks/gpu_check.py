@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -57,6 +57,7 @@ FP32_TOL = 1e-5
 # mixes such differences into every weight's update. Bound on the update's relative difference, ||d1 - d2|| / ||d1||:
 # 8u = 1.6e-2. A different objective is far outside it: the plain Trainer step (no KD term) is the control.
 BF16_REL = 8 * 2.0**-9
+MODES = ("eager", "compiled")  # part "compile"
 SUPERVISED = (1.0, 0.15, 0.7, 0.03)  # fractions of each row's labels kept: unequal supervised lengths
 TEACHER_HEAD_SCALE = 10.0  # peaked teacher distributions, far from the student's: KD far above rounding
 
@@ -392,55 +393,42 @@ def part_losses(cli, sizes: Sizes) -> Check:
 # ---- part "compile": torch_compile=True on the fused path against eager --------------------------------------------
 
 
-def compiled_run(cli, sizes: Sizes, vocab: int, dtype: str, compile: bool) -> dict:
-    torch._dynamo.reset()
-    counters.clear()
-    trainer = build(cli, sizes, vocab, "fused", dtype, torch_compile=compile)
-    inputs = batch(sizes, vocab, trainer.args.device)
-    start, frames, times = weights(trainer), [], []
-    for i in range(2 + sizes.steps):
-        sync(cli.device)
-        t0 = time.perf_counter()
-        step(trainer, inputs)
-        sync(cli.device)
-        times.append(time.perf_counter() - t0)
-        frames.append(counters["frames"]["ok"])
-        if i == 0:
-            first = weights(trainer)
-    out = {
-        "start": start,
-        "first": first,
-        "frames_after_each_step": frames,
-        "first_step_s": times[0],
-        "step_s": statistics.median(times[2:]),
-        "implementation": trainer.fused_head.implementation,
-        "reason": trainer.fused_head.reason,
-        "compiled": type(trainer.model).__name__ == "OptimizedModule",
-    }
-    free(trainer)
-    return out
-
-
 def part_compile(cli, sizes: Sizes) -> Check:
+    """The eager and the compiled trainer step in turn (drift hits both alike); SGD, so the first updates compare."""
     check, vocab = Check(), sizes.vocabs[0]
     dtype = "bf16" if cli.device == "cuda" else "fp32"
-    eager, compiled = (compiled_run(cli, sizes, vocab, dtype, compile) for compile in (False, True))
-    same = update_difference(eager["start"], eager["first"], compiled["first"])
-    frames = compiled["frames_after_each_step"]
-    check.require(compiled["compiled"], "the Trainer did not compile the model")
-    check.require(compiled["implementation"] == "fused_linear", f"fell back: {compiled['reason']}")
+    torch._dynamo.reset()
+    counters.clear()
+    trainers = {name: build(cli, sizes, vocab, "fused", dtype, torch_compile=name == "compiled") for name in MODES}
+    inputs = batch(sizes, vocab, cli.device)
+    start, first, times, frames = weights(trainers["eager"]), {}, {name: [] for name in MODES}, []
+    for i in range(2 + sizes.steps):
+        for name, trainer in trainers.items():
+            sync(cli.device)
+            t0 = time.perf_counter()
+            step(trainer, inputs)
+            sync(cli.device)
+            times[name].append(time.perf_counter() - t0)
+            first[name] = weights(trainer) if i == 0 else first[name]
+        frames.append(counters["frames"]["ok"])
+    compiled = trainers["compiled"]
+    same = update_difference(start, first["eager"], first["compiled"])
+    check.require(type(compiled.model).__name__ == "OptimizedModule", "the Trainer did not compile the model")
+    check.require(compiled.fused_head.implementation == "fused_linear", f"fell back: {compiled.fused_head.reason}")
     check.require(frames[1] == frames[-1], f"recompiled after the second step: {frames}")
     check.require(within(dtype, same), f"compiled vs eager first update: {same}")
+    step_s = {name: statistics.median(t[2:]) for name, t in times.items()}
     check.figures = {
         "vocab": vocab,
         "dtype": dtype,
         "first_update": same,
         "frames_after_each_step": frames,
-        "eager_step_s": eager["step_s"],
-        "compiled_step_s": compiled["step_s"],
-        "compiled_over_eager": compiled["step_s"] / eager["step_s"],
-        "compile_first_step_s": compiled["first_step_s"],
+        **{f"{name}_step_s": s for name, s in step_s.items()},
+        "compiled_over_eager": step_s["compiled"] / step_s["eager"],
+        "compile_first_step_s": times["compiled"][0],
     }
+    for trainer in trainers.values():
+        free(trainer)
     return check
 
 
@@ -578,6 +566,7 @@ def main() -> None:
     parser.add_argument("--size", default=None, choices=list(SIZES), help="default: full on cuda, small on cpu")
     parser.add_argument("--small", action="store_true", help="--size small")
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: the size's)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--out", default=None, help="default: results/gpu_check.json (cuda), results/gpu_check_cpu.json"
@@ -592,7 +581,7 @@ def main() -> None:
         torch.set_num_threads(cli.threads)
     if cli.summarise_only:
         return print_tables(json.loads(out.read_text()))
-    sizes = SIZES[cli.size]
+    sizes = SIZES[cli.size] if cli.steps is None else replace(SIZES[cli.size], steps=cli.steps)
     if cli._fsdp2_child:
         return fsdp2_child(cli, sizes)
     report = {"environment": environment(cli), "sizes": asdict(sizes), "parts": {}}
