@@ -22,7 +22,7 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     parts = json.loads(out.read_text())["parts"]
-    assert list(parts) == ["step", "losses", "compile", "fsdp2", "liger"]
+    assert list(parts) == ["step", "losses", "fsdp2", "compile", "liger"]
     for name in ("step", "losses", "compile"):
         assert parts[name]["status"] == "pass", (name, parts[name])
     step = parts["step"]["figures"]["512"]["fp32"]
