@@ -104,7 +104,9 @@ class SALTConfig(TrainingArguments):
             leaves as it is, soft-caps or scales in a known way; checked when the trainer is built and against the
             model's own logits at the first step), else `"logits"`, with a log line saying why. An explicit
             `"fused_linear"` raises before training when a model does not qualify, and falls back like `"auto"` when
-            the first step's comparison fails. Evaluation that returns logits uses `"logits"`.
+            the first step's comparison fails. Evaluation that returns logits uses `"logits"`. The fused path runs
+            under DDP, DeepSpeed ZeRO, FSDP2, `torch_compile` and `use_liger_kernel`; under FSDP1 and the
+            `torch_compile_mode`s that capture CUDA graphs it falls back.
 
     > SALT_DS (data selection)
 
