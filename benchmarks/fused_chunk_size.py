@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from salt_hf.fused_linear import fused_linear_salt_loss
+from salt_hf.losses import fused_linear_salt_loss
 
 N, H, HT, V = 512, 512, 256, 151936
 SIZES = (27, 64, 128, 256, 512, None)  # 27: the 16 MiB rule at this vocabulary, the automatic chunk before issue 15

@@ -1,4 +1,4 @@
-"""loss_implementation (salt_hf.fused_head): SALTTrainer with the fused-linear loss against the logits path."""
+"""loss_implementation (salt_hf.losses.head): SALTTrainer with the fused-linear loss against the logits path."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from accelerate import PartialState
 from fixtures import (
     RESUME_RUN,
     TINY_LLAMA,
@@ -17,6 +18,7 @@ from fixtures import (
     one_sgd_step_config,
     save_teacher,
 )
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     Gemma2Config,
@@ -27,9 +29,11 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    TrainerCallback,
 )
 
 from salt_hf import SALTTrainer
+from salt_hf.losses.head import FusedHead, Probe
 
 SPLITS = [(4, 1), (2, 2), (1, 4)]  # per-device batch x gradient accumulation
 SUPERVISED = [24, 5, 17, 2]  # unequal supervised lengths
@@ -345,3 +349,147 @@ def test_fused_step_forms_no_tokens_by_vocab_tensor(tmp_path, tokenizer, token_s
     assert largest["logits"] >= tokens_by_vocab  # the control: the logits path forms them
     # the fused path's largest tensors are the output weight and its gradient [V, H] (H = 32 < 4 x 24 tokens)
     assert largest["fused_linear"] == len(tokenizer) * 32
+
+
+# ---- 6. the Trainer-level check of the configuration: FSDP2 keeps the fused path, FSDP1 falls back ------------------
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fused_linear"])
+def test_fsdp2_keeps_the_fused_path_fsdp1_falls_back(tmp_path, tokenizer, teacher, caplog, implementation):
+    """What `SALTTrainer.__init__` asks of `FusedHead` under FSDP (the Trainer refuses FSDP without a GPU: the real
+    FSDP2 step is tests/distributed/test_fsdp2.py below the Trainer, and benchmarks/gpu_check.py through it)."""
+    PartialState()  # the head logs through accelerate's logger
+    args = config(tmp_path, loss_implementation=implementation)
+    head = FusedHead(args, accelerator=None)
+    head.check_models(tiny_llama(len(tokenizer)), teacher, fsdp_version=2)
+    assert head.implementation == "fused_linear" and head.reason is None
+    head = FusedHead(args, accelerator=None)
+    if implementation == "fused_linear":
+        with pytest.raises(
+            ValueError, match="fused_linear' cannot be used: the student is sharded with FSDP version 1"
+        ):
+            head.check_models(tiny_llama(len(tokenizer)), teacher, fsdp_version=1)
+        return
+    with caplog.at_level(logging.WARNING):
+        head.check_models(tiny_llama(len(tokenizer)), teacher, fsdp_version=1)
+    assert head.implementation == "logits" and "FSDP version 1" in head.reason
+    (line,) = fallback_lines(caplog)
+    assert "using the logits path, because the student is sharded with FSDP version 1" in line
+
+
+# ---- 7. torch_compile=True: the decoder compiled, the fused loss outside its graph ---------------------------------
+
+
+class CompileRecord(TrainerCallback):
+    """At each optimizer step's end: the frames Dynamo has compiled so far; after the first, the student's weights."""
+
+    def __init__(self):
+        self.frames, self.first_step = [], None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.frames.append(counters["frames"]["ok"])
+        if state.global_step == 1:
+            self.first_step = flat_params(model)
+
+
+def test_torch_compile_keeps_the_fused_path(tmp_path, tokenizer, token_stream, teacher, monkeypatch, one_thread):
+    torch._dynamo.reset()
+    counters.clear()
+    verdicts, verdict = [], Probe.verdict
+
+    def recorded_verdict(probe, own):
+        verdicts.append((probe.name, verdict(probe, own)))
+        return verdicts[-1][1]
+
+    monkeypatch.setattr(Probe, "verdict", recorded_verdict)
+    ds = dataset(token_stream, 24, supervised=SUPERVISED * 6)
+    record = CompileRecord()
+    # 6 SGD steps, KD on the first 3: the KD weight, the teacher's part and the labels change, the shapes do not
+    args = one_sgd_step_config(str(tmp_path / "c"), 4, 1, use_cpu=True, torch_compile=True, max_steps=6, kd_steps=3)
+    compiled = SALTTrainer(model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds)
+    compiled.add_callback(record)
+    compiled.train()
+    assert isinstance(compiled.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)  # the Trainer compiled it
+    assert compiled.fused_head.implementation == "fused_linear", compiled.fused_head.reason
+    assert verdicts == [("teacher", None), ("student", None)]  # the first step's check ran, inside the compiled model
+    assert [h["kd_weight"] for h in compiled.state.log_history if "kd_weight" in h] == [0.5] * 3 + [0.0] * 3
+    # the first step compiles the decoder and what follows the output layer; the second recompiles the latter once
+    # (the first step's check hands the model [1, 8, V] logits, later steps a [B, T, 1] placeholder); then nothing
+    print(f"frames compiled after each step: {record.frames}")
+    assert record.frames[1] == record.frames[-1], record.frames
+    args = one_sgd_step_config(str(tmp_path / "eager"), 4, 1, use_cpu=True, loss_implementation="logits")
+    eager = SALTTrainer(model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds)
+    eager.train()
+    # inductor fuses and reorders the decoder's float32 reductions: a few ulps of lr * g more than eager vs eager
+    diff = (record.first_step - flat_params(eager.model)).abs().max().item()
+    print(f"compiled fused vs eager logits, one SGD step: max |diff| = {diff:.3g}")
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_torch_compile_with_cuda_graphs_falls_back(tmp_path, tokenizer, teacher, caplog, mode):
+    PartialState()
+    head = FusedHead(config(tmp_path, torch_compile=True, torch_compile_mode=mode), accelerator=None)
+    with caplog.at_level(logging.WARNING):
+        head.check_models(tiny_llama(len(tokenizer)), teacher)
+    assert head.implementation == "logits" and "captures CUDA graphs" in head.reason
+
+
+# ---- 8. use_liger_kernel=True: Liger's kernels and forward, SALT's objective ----------------------------------------
+
+
+class LigerLikeLlama(LlamaForCausalLM):
+    """
+    The contract of the forward Liger patches in (`liger_kernel.transformers.model.llama.lce_forward`): with labels in
+    training it returns Liger's fused cross-entropy instead of calling the output layer; `skip_logits=True` (which
+    transformers adds to loss-only evaluation batches under `use_liger_kernel`) without labels is an error.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, skip_logits=None, **kwargs):
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits is True, but labels and shift_labels are None")
+        assert labels is None, "SALT passed labels: Liger would train its own cross-entropy, not SALT's loss"
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", ["logits", "fused_linear"])
+def test_liger_evaluation_hint_is_dropped(tmp_path, tokenizer, token_stream, teacher, implementation):
+    """Runs without Liger: transformers adds `skip_logits` in evaluation under use_liger_kernel whether or not it is
+    installed (it is needed, and checked, only when training starts)."""
+    val = dataset(token_stream, 4)
+    losses = []
+    for liger in (False, True):
+        torch.manual_seed(0)
+        model = LigerLikeLlama(tiny_llama(len(tokenizer)).config)
+        args = config(
+            tmp_path, per_device_eval_batch_size=2, loss_implementation=implementation, use_liger_kernel=liger
+        )
+        trainer = SALTTrainer(model=model, teacher_model=teacher, args=args, eval_dataset=val)
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert losses[1] == losses[0]
+
+
+def test_liger_kernel_trains_salts_objective(tmp_path, tokenizer, token_stream, teacher):
+    """
+    The real Liger (skipped without it: its Triton kernels need a GPU, and its import needs triton): the forward it
+    patches in, with SALT's fused loss. Its RMSNorm, SwiGLU and RoPE kernels run on GPUs only; benchmarks/gpu_check.py
+    runs them.
+    """
+    pytest.importorskip("liger_kernel.transformers", reason="liger-kernel (and triton) not installed")
+    ds = dataset(token_stream, 4, supervised=SUPERVISED)
+    runs = {}
+    cpu_safe = {"rope": False, "rms_norm": False, "swiglu": False, "fused_linear_cross_entropy": True}
+    for liger in (False, True):
+        out = str(tmp_path / f"liger-{liger}")
+        kw = dict(use_liger_kernel=True, liger_kernel_config=cpu_safe) if liger else {}
+        args = one_sgd_step_config(out, 2, 2, use_cpu=True, per_device_eval_batch_size=2, **kw)
+        trainer = SALTTrainer(
+            model=tiny_llama(len(tokenizer)), teacher_model=teacher, args=args, train_dataset=ds, eval_dataset=ds
+        )
+        trainer.train()
+        assert trainer.fused_head.implementation == "fused_linear", trainer.fused_head.reason
+        runs[liger] = flat_params(trainer.model), kd_losses(trainer), trainer.evaluate()["eval_loss"]
+        patched = trainer.model.forward.__func__.__module__
+        assert patched.startswith("liger_kernel") == liger, patched  # Liger's forward ran the step
+    assert torch.equal(runs[True][0], runs[False][0])
+    assert runs[True][1:] == runs[False][1:]

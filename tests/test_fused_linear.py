@@ -1,6 +1,6 @@
-"""salt_hf.fused_linear against a naive float64 reference: logits materialised from the same hidden states, weights,
-biases, scales and soft-caps, then `reference_salt_loss` and autograd. Values AND gradients w.r.t. the student's hidden
-states, output weight and bias; and equality with `salt_loss` on the materialised fp32 logits."""
+"""salt_hf.losses.fused_linear against a naive float64 reference: logits materialised from the same hidden states,
+weights, biases, scales and soft-caps, then `reference_salt_loss` and autograd. Values AND gradients w.r.t. the
+student's hidden states, output weight and bias; and equality with `salt_loss` on the materialised fp32 logits."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from salt_hf.fused_linear import fused_linear_salt_loss
-from salt_hf.losses import SALTLossOutput, reference_salt_loss, salt_loss
+from salt_hf.losses import SALTLossOutput, fused_linear_salt_loss, reference_salt_loss, salt_loss
 
 B, T = 3, 13  # N = 39 tokens: not a multiple of the chunk sizes below
 N = B * T

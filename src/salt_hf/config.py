@@ -100,7 +100,7 @@ class SALTConfig(TrainingArguments):
         kd_compile (`bool`, *optional*, defaults to `False`):
             Fuse the default KD term's passes over the vocabulary with `torch.compile` (the logits path).
         loss_implementation (`str`, *optional*, defaults to `"auto"`):
-            How the loss meets the models' output layers (`salt_hf.fused_head`). `"fused_linear"`: the student and
+            How the loss meets the models' output layers (`salt_hf.losses.head`). `"fused_linear"`: the student and
             the teacher run without their output layers and the loss is computed from their last hidden states and
             output weights, chunk by chunk, so neither model's [tokens x vocab] logits are formed, in the KD stage
             and after it. `"logits"`: the loss is computed on the logits of both models' forwards. `"auto"`:
@@ -108,7 +108,9 @@ class SALTConfig(TrainingArguments):
             leaves as it is, soft-caps or scales in a known way; checked when the trainer is built and against the
             model's own logits at the first step), else `"logits"`, with a log line saying why. An explicit
             `"fused_linear"` raises before training when a model does not qualify, and falls back like `"auto"` when
-            the first step's comparison fails. Evaluation that returns logits uses `"logits"`.
+            the first step's comparison fails. Evaluation that returns logits uses `"logits"`. The fused path runs
+            under DDP, DeepSpeed ZeRO, FSDP2, `torch_compile` and `use_liger_kernel`; under FSDP1 and the
+            `torch_compile_mode`s that capture CUDA graphs it falls back.
 
     > SALT_DS (data selection)
 

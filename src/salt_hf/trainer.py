@@ -12,9 +12,9 @@ from transformers import PreTrainedModel, Trainer
 from .callbacks import TeacherLifecycleCallback
 from .checkpointing import PreemptionSafeCheckpoints
 from .config import SALTConfig, as_salt_config
-from .fused_head import FusedHead
 from .kd_stop import AutoKDStop
 from .labels import pop_shift_labels
+from .losses.head import FusedHead
 from .schedules import auto_kd_end, auto_kd_weight, kd_weight
 from .selection import KDSelection, select_kd_data
 from .speedups import regroup_by_layer, warmup_inputs
@@ -49,7 +49,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         teacher (`salt_hf.teacher.Teacher` or `None`): the teacher and its lifecycle; None when SALT is off.
         kd_selection (`salt_hf.selection.KDSelection` or `None`): SALT_DS's scores and selection, once computed.
         kd_sampler (`salt_hf.selection.KDSelectionSampler` or `None`): SALT_DS's sample order, once built.
-        fused_head (`salt_hf.fused_head.FusedHead`): which loss implementation the run uses (`.implementation`), why.
+        fused_head (`salt_hf.losses.head.FusedHead`): which loss implementation the run uses (`.implementation`), why.
     """
 
     # compute_loss divides the loss by the global number of supervised tokens itself.
@@ -89,7 +89,8 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
         self.fused_head = FusedHead(self.args, self.accelerator, self.kd_vocab_size)
-        self.fused_head.check_models(self.model, self.teacher_model, fsdp=self.is_fsdp_enabled)
+        fsdp = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None
+        self.fused_head.check_models(self.model, self.teacher_model, None if fsdp is None else fsdp.fsdp_version)
         # the Trainer counts supervised tokens (on shifted labels) over the accumulated batch and processes, any model
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True

@@ -1,7 +1,7 @@
 """
 One optimizer step of SALT is the same whatever the split of 4 sequences into processes x per-device batch x gradient
 accumulation, under DDP, DeepSpeed ZeRO-2 and ZeRO-3, with the teacher replicated or sharded with ZeRO-3 inference,
-on the logits path and the fused-linear one (`loss_implementation`, salt_hf.fused_head).
+on the logits path and the fused-linear one (`loss_implementation`, salt_hf.losses.head).
 
 Real processes: `torchrun --standalone --nproc_per_node 2` (gloo, CPU), DeepSpeed with DS_ACCELERATOR=cpu, the shipped
 deepspeed_configs/zero{2,3}.json; and a two-node launch simulated on one machine. The reference is one process holding

@@ -10,7 +10,7 @@ whole dataset.
   `chunked_sequence_scores`, the same from a function that gives the logits of a few positions at a time;
 - `cache`: `score_dataset`, an offline pass of the teacher over a dataset, spread over the processes of a launch,
   cached by fingerprint and resumable shard by shard; it scores from the teacher's hidden states where the teacher
-  qualifies (`salt_hf.fused_head`), never holding a batch's logits;
+  qualifies (`salt_hf.losses.head`), never holding a batch's logits;
 - `sampler`: `select_sequences` and `KDSelectionSampler`, which sequences the KD stage uses and the order in which a
   run sees its samples (a function of the sample position, hence of the global step: identical on every process
   and exact under `resume_from_checkpoint`);

@@ -19,7 +19,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import Subset
 
-from ..fused_head import NotFusableError, Probe, output_layer, teacher_hidden
+from ..losses.head import NotFusableError, Probe, output_layer, teacher_hidden
 from .scores import chunked_sequence_scores, sequence_scores
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def score_dataset(
     """
     Scores every sequence of `dataset` with `teacher` (`sequence_scores` on the teacher's next-token logits) and
     returns a float32 array of length `len(dataset)`. With `fused` (and a teacher that qualifies, see
-    `salt_hf.fused_head`) the logits are computed from the teacher's last hidden states chunk by chunk and never held
+    `salt_hf.losses.head`) the logits are computed from the teacher's last hidden states chunk by chunk and never held
     whole; its first batch checks them against the teacher's own.
 
     The rows are cut into shards of `shard_size` rows; the processes of the current launch (Accelerate's
@@ -261,7 +261,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 class _BatchScores:
     """
     The scores of a batch: from the teacher's hidden states and output weight, chunk by chunk (issue 15), where the
-    teacher's output layer qualifies (`salt_hf.fused_head.output_layer`) and the first batch's check of its logits
+    teacher's output layer qualifies (`salt_hf.losses.head.output_layer`) and the first batch's check of its logits
     against the teacher's own passes (`Probe`); else from the teacher's logits.
     """
 

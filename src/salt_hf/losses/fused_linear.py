@@ -10,7 +10,7 @@ are
 what `salt_loss` returns on the materialised logits, to fp32 rounding (issue 15): token SUMS over supervised tokens of
 `nll_weight * NLL + kd_weight * KD` with the NLL, KD and teacher-NLL sums beside it, every divergence and temperature,
 padded vocabularies through `vocab_size`, the teacher as a constant. The per-chunk value and gradient are computed by
-the same chunk paths as `salt_loss` (`salt_hf.losses`), so the two cannot drift apart.
+the same chunk paths as `salt_loss` (`salt_hf.losses.chunks`), so the two cannot drift apart.
 
 Memory: the loss walks over the tokens in chunks. For each chunk it computes the student's logits (the matmul in the
 compute dtype, as the model's own output layer runs it, then fp32) and, without autograd, the teacher's; the chunk
@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from salt_hf.losses import LossOptions, SALTLossOutput, _check_inputs, _choose_path, _nll_chunk, _resolve_chunk_size
+from .chunks import LossOptions, SALTLossOutput, check_inputs, choose_path, nll_chunk, resolve_chunk_size
 
 _MIN_AUTO_ROWS = 256  # the automatic chunk's floor in tokens (module docstring)
 
@@ -133,8 +133,8 @@ def _fused_linear_pass(student_hidden, student: _Head, teacher_hidden, teacher, 
     """Walks over the tokens in chunks; returns the fp32 sums (nll, kd, teacher_nll) and fills `grads`."""
     n_tokens, vocab = labels.shape[0], student.weight.shape[0]
     need_grad = any(g is not None for g in grads)
-    path = _choose_path(o, teacher is not None, vocab, need_grad)
-    use_teacher = teacher is not None and path is not _nll_chunk  # without a KD term the teacher is not looked at
+    path = choose_path(o, teacher is not None, vocab, need_grad)
+    use_teacher = teacher is not None and path is not nll_chunk  # without a KD term the teacher is not looked at
     sums = [torch.zeros((), dtype=torch.float32, device=student_hidden.device) for _ in range(3)]
     # one fp32 buffer for the gradient w.r.t. a chunk's logits, reused by every chunk
     grad_buf = student_hidden.new_empty(min(o.chunk_size, n_tokens), vocab, dtype=torch.float32) if need_grad else None
@@ -256,7 +256,7 @@ def _check_teacher(teacher_hidden, teacher_weight, teacher_bias, labels, scale, 
 
 def _auto_chunk_size(chunk_size: int | None, vocab: int) -> int:
     """`salt_loss`'s chunk rule, with at least `_MIN_AUTO_ROWS` tokens when automatic."""
-    resolved = _resolve_chunk_size(chunk_size, vocab)
+    resolved = resolve_chunk_size(chunk_size, vocab)
     return resolved if chunk_size is not None else max(resolved, _MIN_AUTO_ROWS)
 
 
@@ -278,7 +278,7 @@ def fused_linear_logits(
 ) -> torch.Tensor:
     """
     The fp32 logits that `fused_linear_salt_loss` computes for one chunk, for a few rows: the trainer compares them
-    with the model's own forward (`salt_hf.fused_head`). Same compute dtype, matmul and post-processing as the loss.
+    with the model's own forward (`salt_hf.losses.head`). Same compute dtype, matmul and post-processing as the loss.
 
     Args:
         hidden (`torch.Tensor` of shape `[rows, H]`), weight (`torch.Tensor` of shape `[V, H]`), bias (`torch.Tensor`
@@ -349,7 +349,7 @@ def fused_linear_salt_loss(
     """
     _check_layer("student", student_hidden, student_weight, student_bias, labels, student_scale, student_softcap)
     _check_teacher(teacher_hidden, teacher_weight, teacher_bias, labels, teacher_scale, teacher_softcap)
-    kd_vocab = _check_inputs(
+    kd_vocab = check_inputs(
         _logits_shape(labels, student_weight),
         _logits_shape(labels, teacher_weight),
         labels,

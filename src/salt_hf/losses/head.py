@@ -3,24 +3,29 @@
 With "fused_linear" the student is called as it always is (through its wrapper's forward, so DDP's and DeepSpeed's
 hooks run and ZeRO-3 gathers the output weight inside the output layer's own forward), with that layer's `forward`
 swapped for one that receives the last hidden states and returns `fused_linear_salt_loss` on them
-(`salt_hf.fused_linear`): neither model's [tokens x vocab] logits are formed. The teacher's last hidden states come
-the same way, from its own output layer; a ZeRO-3-sharded teacher's output weight is gathered around the student's
+(`salt_hf.losses.fused_linear`): neither model's [tokens x vocab] logits are formed. The teacher's last hidden states
+come the same way, from its own output layer; a ZeRO-3-sharded teacher's output weight is gathered around the student's
 forward. What the swapped layer hands back to the model as "logits" is a [..., 1] tensor of zeros that depends on the
 loss, so that hooks on the layer's output (ZeRO-3 gathers the weight again before the layer's backward) still run.
 
 A model qualifies when its output layer is a plain `torch.nn.Linear` (tied to the input embedding or not, with or
 without a bias) and what its forward does to that layer's output is known: nothing (Llama, Qwen2, GPT-2), Gemma's
-`final_logit_softcapping`, or the logit scales of `_LOGIT_SCALE`; and the student is not sharded by FSDP or compiled
-by the Trainer. That is checked twice: from the modules when the trainer is built (a teacher given by its path: when
+`final_logit_softcapping`, or the logit scales of `_LOGIT_SCALE`; and the student is not sharded by FSDP1 or compiled
+to CUDA graphs. That is checked twice: from the modules when the trainer is built (a teacher given by its path: when
 it is placed), and at each model's first fused batch, inside its real forward, by comparing the fused path's logits
 with the model's own on a few positions (`Probe`), so that an architecture not foreseen here is never trained on
 another objective. "auto" falls back to the logits path, with one log line saying why, when a check fails; an
 explicit "fused_linear" raises on the first check and falls back on the second.
+
+Under FSDP2 the swapped layer runs inside the root module's forward, where FSDP2 has unsharded the root's parameters
+(the output weight among them) and from where it reduce-scatters their gradients. Under `torch_compile=True` the
+swapped layer is outside the compiled graph (`SwappedForward`): the decoder runs compiled, the loss eagerly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +35,9 @@ from accelerate.logging import get_logger
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from .chunks import SALTLossOutput
 from .fused_linear import fused_linear_logits, fused_linear_salt_loss
-from .losses import SALTLossOutput, salt_loss
+from .logits import salt_loss
 
 logger = get_logger(__name__)
 
@@ -40,6 +46,8 @@ CHECK_POSITIONS = 8
 # The largest |own - fused| allowed, in units of the compute dtype's eps times (1 + max |logit|): the two sides run the
 # same matmul; a post-processing step in the model's dtype (Gemma's soft-cap in bf16) rounds by about one eps.
 CHECK_EPS = 4.0
+# The torch.compile modes that capture CUDA graphs (torch._inductor.list_mode_options).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # What transformers 5's causal LMs multiply their output layer's output by, by `model_type` (read in their modeling
 # files); soft-capping is read from `final_logit_softcapping`, the field every model that soft-caps uses.
 _LOGIT_SCALE: dict[str, Callable[[Any], float]] = {
@@ -101,17 +109,47 @@ def output_layer(model: nn.Module, name: str = "model") -> OutputLayer:
     return OutputLayer(head, 1.0 if scale_of is None else float(scale_of(text)), softcap)
 
 
+class SwappedForward:
+    """
+    What a swapped output layer's `forward` is: one object per layer for the life of the process, which calls the
+    function the current block set (`target`). Outside `torch.compile`'s graph (`torch.compiler.disable`): a compiled
+    model's graph breaks at the output layer, the fused loss runs eagerly between the decoder's graph and the rest,
+    and the graph's guards on the layer's `forward` see the same object every step, so nothing is recompiled when the
+    loss's arguments (labels, teacher, KD weight) change.
+    """
+
+    _by_layer: weakref.WeakKeyDictionary[nn.Module, SwappedForward] = weakref.WeakKeyDictionary()
+
+    def __init__(self):
+        self.target: Callable[..., Any] | None = None
+        self.forward = torch.compiler.disable(self._call)
+
+    def _call(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.target(hidden)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> SwappedForward:
+        if module not in cls._by_layer:
+            cls._by_layer[module] = cls()
+        return cls._by_layer[module]
+
+
 @contextlib.contextmanager
 def swapped_forward(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
     """
-    Runs the block with `forward` as `module`'s forward: an instance attribute, so that calling the module still runs
-    the hooks that DDP, DeepSpeed and accelerate registered on it. Restored however the block ends.
+    Runs the block with `forward` as `module`'s forward: an instance attribute (`SwappedForward`), so that calling the
+    module still runs the hooks that DDP, FSDP2, DeepSpeed and accelerate registered on it. Restored however the block
+    ends.
     """
+    swapped = SwappedForward.of(module)
     previous = vars(module).get("forward")
-    module.forward = forward
+    if swapped.target is not None:
+        raise RuntimeError("the output layer's forward is swapped already (a nested fused forward on one layer)")
+    swapped.target, module.forward = forward, swapped.forward
     try:
         yield
     finally:
+        swapped.target = None
         if previous is None:
             del module.forward
         else:
@@ -306,17 +344,29 @@ class FusedHead:
         """What the run uses now: "fused_linear" or "logits"."""
         return "fused_linear" if self.requested != "logits" and self.reason is None else "logits"
 
-    def check_models(self, student: nn.Module | None, teacher: nn.Module | None, fsdp: bool = False) -> None:
-        """The checks that need no forward, when the trainer is built; "fused_linear" raises if one fails."""
+    def check_models(
+        self, student: nn.Module | None, teacher: nn.Module | None, fsdp_version: int | None = None
+    ) -> None:
+        """
+        The checks that need no forward, when the trainer is built; "fused_linear" raises if one fails. `fsdp_version`
+        is that of the student's FSDP sharding (None without FSDP).
+        """
         if self.implementation == "logits":
             return
-        if fsdp:
+        # FSDP2 unshards the root's parameters (the output layer's among them) for the root's forward, inside which the
+        # fused loss runs and receives the whole weight, and reduce-scatters the weight's gradient that it returns
+        # (tests/distributed/test_fsdp2.py); FSDP1's flat parameters are not tested.
+        if fsdp_version is not None and fsdp_version != 2:
             return self._refuse(
-                "the student is sharded with FSDP, where the fused path is not tested; it runs inside the output "
-                "layer's forward under DDP and DeepSpeed ZeRO"
+                f"the student is sharded with FSDP version {fsdp_version}, where the fused path is not tested; it "
+                "runs inside the output layer's forward under FSDP2 (fsdp_version 2), DDP and DeepSpeed ZeRO"
             )
-        if self.args.torch_compile:
-            return self._refuse("torch_compile=True compiles the model's forward, output layer included")
+        if self.args.torch_compile and self.args.torch_compile_mode in CUDA_GRAPH_MODES:
+            return self._refuse(
+                f"torch_compile_mode={self.args.torch_compile_mode!r} captures CUDA graphs, around which the fused "
+                "path (run eagerly between the compiled graphs) is not tested (the default mode and "
+                "'max-autotune-no-cudagraphs' keep it)"
+            )
         try:
             if student is not None:
                 output_layer(student, "student")
@@ -355,6 +405,11 @@ class FusedHead:
         `salt_hf.teacher.Teacher`, placed; None without one) at weight `kd_weight`. Logits are returned (the
         logits path) when `return_outputs` asks for them outside a loss-only evaluation.
         """
+        # transformers adds `skip_logits=True` to a loss-only evaluation's batch under `use_liger_kernel`, for Liger's
+        # forward to compute its own cross-entropy from the labels, and that forward refuses it without labels. Both
+        # models get no labels here (SALT computes its loss itself), so Liger's forward calls the output layer, as the
+        # model's own would, on both paths.
+        inputs = {key: value for key, value in inputs.items() if key != "skip_logits"}
         if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):
             result = self._fused(model, inputs, labels, teacher, kd_weight)
             if result is not None:
