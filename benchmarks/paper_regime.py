@@ -82,8 +82,115 @@ def end_candidates() -> list[RunSpec]:
     ]
 
 
-def all_runs() -> dict[str, list[RunSpec]]:
-    return {"teachers": teacher_runs(), "end": end_runs(), "end_candidates": end_candidates()}
+# The end of the KD stage the suite runs with (point 0 chooses it on the dev half); {}: the step end (the default).
+CHOSEN_END: dict = {}
+BUDGETS = (0.6, 0.7, 0.8)  # the budget form: the automatic stop on a shortened run, its schedule fit to it
+# the project's speed-ups on both arms of the stacked comparison: WSD (last 20% decaying as 1 - sqrt) and rows of 32
+# then 64 tokens over the first 20% of the steps (speedups_benchmark.py's settings)
+STACKED = {
+    "lr_scheduler_type": "warmup_stable_decay",
+    "seq_warmup_schedule": "doubling",
+    "seq_warmup_start_length": 32,
+}
+# the scale axis (python): students of ~0.25M and ~1M parameters, each with a teacher about half its size (smaller in
+# width and depth), each on ~20 tokens per student parameter
+SCALES = {"0.25m": ("4x64", "3x48"), "1m": ("5x128", "4x96")}
+TOKENS_PER_PARAM = 20
+
+
+def auto(name: str, seed: int = 0, teacher: str = "half", steps: int = STEPS, extra: dict | None = None) -> RunSpec:
+    """The automatic stop with the chosen end."""
+    end = dict(CHOSEN_END)
+    schedule = end.pop("kd_schedule", "step")
+    return student(name, seed, teacher, steps, kd_schedule=schedule, extra={**end, **(extra or {})})
+
+
+def stacked(steps: int) -> dict:
+    return {
+        **STACKED,
+        "lr_scheduler_kwargs": {"num_decay_steps": round(0.2 * steps), "decay_type": "1-sqrt"},
+        "seq_warmup_steps": round(0.2 * steps),
+    }
+
+
+def regime_runs() -> list[RunSpec]:
+    return [
+        student("baseline_s1", seed=1, teacher=None),
+        auto("auto_s0"),
+        auto("auto_s1", seed=1),
+        student("baseline_s2", seed=2, teacher=None),
+        auto("auto_s2", seed=2),
+        student("fixed_r0.2", kd_ratio=0.2, group="fixed"),
+        student("fixed_r0.4", kd_ratio=0.4, group="fixed"),
+        auto("auto_quarter", teacher="quarter"),
+        auto("auto_eighth", teacher="eighth"),
+    ]
+
+
+def budget_runs(seeds: tuple[int, ...] = (0,), budgets=BUDGETS) -> list[RunSpec]:
+    out = []
+    for seed in seeds:
+        for b in budgets:
+            spec = auto(f"auto_budget_{b}_s{seed}", seed=seed, steps=round(STEPS * b))
+            spec.group = "budget"
+            out.append(spec)
+    return out
+
+
+def budget_seed_runs(corpus: str) -> list[RunSpec]:
+    """Seeds 1 and 2 at the smallest budget whose seed-0 run reached the baseline's final test loss (0.8 if none);
+    known once the seed-0 budgets and baseline ran."""
+    base = runs_dir(corpus) / "baseline_s0.json"
+    stored = [runs_dir(corpus) / f"auto_budget_{b}_s0.json" for b in BUDGETS]
+    if not base.is_file() or not all(p.is_file() for p in stored):
+        return []
+    target = RunResult.load(base).final_test_loss
+    reached = [b for b, p in zip(BUDGETS, stored, strict=True) if RunResult.load(p).final_test_loss <= target]
+    return budget_runs((1, 2), (min(reached) if reached else max(BUDGETS),))
+
+
+def stacked_runs() -> list[RunSpec]:
+    base = student("baseline_stacked", teacher=None, extra=stacked(STEPS))
+    runs = [base]
+    for b in (0.7, 0.8):
+        steps = round(STEPS * b)
+        spec = auto(f"auto_stacked_budget_{b}", steps=steps, extra=stacked(steps))
+        spec.group = "stacked"
+        runs.append(spec)
+    return runs
+
+
+def scale_steps(model: str) -> int:
+    return round(TOKENS_PER_PARAM * bench.build_model(model, 300, 128, 0).num_parameters() / (bench.BATCH * 128))
+
+
+def scale_runs() -> list[RunSpec]:
+    runs = []
+    for name, (model, teacher) in SCALES.items():
+        steps = scale_steps(model)
+        every = {"eval_steps": max(1, steps // 47), "logging_steps": max(1, steps // 470)}
+        runs.append(RunSpec(f"teacher_scale_{name}", model=teacher, steps=steps, group="teacher", extra=every))
+        runs.append(RunSpec(f"baseline_scale_{name}", model=model, steps=steps, group="scale", extra=every))
+        end = dict(CHOSEN_END)
+        schedule = end.pop("kd_schedule", "step")
+        extra = {**every, "kd_steps": "auto", **end}
+        runs.append(RunSpec(f"auto_scale_{name}", model, steps, 0, f"scale_{name}", W, None, schedule, "scale", extra))
+    return runs
+
+
+def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
+    groups = {
+        "teachers": teacher_runs(),
+        "end": end_runs(),
+        "end_candidates": end_candidates(),
+        "regime": regime_runs(),
+        "budget": budget_runs(),
+        "budget_seeds": budget_seed_runs(corpus),
+        "stacked": stacked_runs(),
+    }
+    if corpus == "python":
+        groups["scale"] = scale_runs()
+    return groups
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -118,7 +225,7 @@ def resolve_teacher(spec: RunSpec) -> RunSpec:
 
 
 def train(args) -> None:
-    groups = all_runs()
+    groups = all_runs(args.corpus)
     names = args.only.split(",") if args.only else list(groups)
     for group in names:
         specs = groups[group] if group in groups else [s for g in groups.values() for s in g if s.name == group]
