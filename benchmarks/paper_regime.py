@@ -224,19 +224,23 @@ def resolve_teacher(spec: RunSpec) -> RunSpec:
     return spec
 
 
+def named_runs(groups: dict[str, list[RunSpec]], names: list[str]) -> list[RunSpec]:
+    """The runs of the named groups and the runs named one by one, in the order given."""
+    every = {s.name: s for g in groups.values() for s in g}
+    return [s for n in names for s in (groups[n] if n in groups else [every[n]])]
+
+
 def train(args) -> None:
     groups = all_runs(args.corpus)
-    names = args.only.split(",") if args.only else list(groups)
-    for group in names:
-        specs = groups[group] if group in groups else [s for g in groups.values() for s in g if s.name == group]
-        todo = [resolve_teacher(s) for s in specs if not (runs_dir(args.corpus) / f"{s.name}.json").is_file()]
-        for i in range(0, len(todo), args.parallel):
-            batch = todo[i : i + args.parallel]
-            print("side by side:", ", ".join(s.name for s in batch), flush=True)
-            bench.in_workers(partial(train_one, corpus=args.corpus, threads=1), batch, len(batch))
-            if args.commit:
-                paths = [runs_dir(args.corpus) / f"{s.name}.json" for s in batch]
-                commit(paths, f"paper regime ({args.corpus}): {', '.join(s.name for s in batch)}")
+    specs = named_runs(groups, args.only.split(",") if args.only else list(groups))
+    todo = [resolve_teacher(s) for s in specs if not (runs_dir(args.corpus) / f"{s.name}.json").is_file()]
+    for i in range(0, len(todo), args.parallel):
+        batch = todo[i : i + args.parallel]
+        print("side by side:", ", ".join(s.name for s in batch), flush=True)
+        bench.in_workers(partial(train_one, corpus=args.corpus, threads=1), batch, len(batch))
+        if args.commit:
+            paths = [runs_dir(args.corpus) / f"{s.name}.json" for s in batch]
+            commit(paths, f"paper regime ({args.corpus}): {', '.join(s.name for s in batch)}")
 
 
 # ---- cooldown branches (point 0) ------------------------------------------------------------------------------------
