@@ -395,7 +395,7 @@ def end_report(corpus: str) -> dict:
     runs = bench.load_runs(runs_dir(corpus))
     out = {"head_start": head_start(corpus)}
     base = runs.get("baseline_s0")
-    for name in ("kd_all", "auto_step_s0"):
+    for name in ("kd_all", "auto_step_s0", "auto_fall0.2_s0", "auto_fall0.5_s0"):
         run = runs.get(name)
         if run is None or base is None:
             continue
@@ -434,6 +434,19 @@ def end_report(corpus: str) -> dict:
     return out
 
 
+def print_end_report(report: dict) -> None:
+    """A compact view of point 0's report: leads at each evaluation, the probe around the end, the head start."""
+    for name in ("kd_all", "auto_step_s0", "auto_fall0.2_s0", "auto_fall0.5_s0"):
+        r = report.get(name)
+        if not r:
+            continue
+        leads = " ".join(f"{s}:{lead:+.3f}" for s, lead in r["lead_over_baseline_test"][::3])
+        print(f"{name}: end {r['kd_end_step']} final {r['final_test_loss']:.4f}; lead over baseline (test) {leads}")
+    for row in report["head_start"]["branches"]:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    print("head_start_ceiling", report["head_start"]["head_start_ceiling"])
+
+
 # ---- entry point ----------------------------------------------------------------------------------------------------
 
 
@@ -445,6 +458,7 @@ def parse_args():
     parser.add_argument("--commit", action="store_true", help="git-commit each batch's stored runs as they finish")
     parser.add_argument("--cooldowns", action="store_true", help="train point 0's cooldown branches")
     parser.add_argument("--probes", action="store_true", help="probe the stored runs' final models (point 4)")
+    parser.add_argument("--end-report", action="store_true", help="write point 0's report (end.json) and print it")
     parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
     return parser.parse_args()
 
@@ -457,6 +471,10 @@ def main():
         cooldowns(args)
     elif args.probes:
         probes(args)
+    elif args.end_report:
+        report = end_report(args.corpus)
+        bench.write_json(ROOT / args.corpus / "end.json", report, indent=1)
+        print_end_report(report)
     elif not args.summarise_only:
         train(args)
     print(f"done: {time.time() - t0:.0f}s", flush=True)
