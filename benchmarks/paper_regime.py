@@ -275,13 +275,14 @@ def cooldowns(args) -> None:
     ]
     todo = [b for b in ready if b not in have and (runs_dir(args.corpus) / f"{b[0]}.json").is_file()]
     todo = [b for b in todo if b[0] in args.only.split(",")] if args.only else todo
+    mine = []
     for i in range(0, len(todo), args.parallel):
         batch = todo[i : i + args.parallel]
         print("cooldowns:", batch, flush=True)
-        rows = bench.in_workers(partial(cooldown_one, corpus=args.corpus), batch, len(batch))
+        mine += bench.in_workers(partial(cooldown_one, corpus=args.corpus), batch, len(batch))
         # read again before writing: another invocation (--only other runs) may have stored branches meanwhile
         stored = json.loads(path.read_text()) if path.is_file() else []
-        merged = {(d["run"], d["step"], d["mode"]): d for d in stored + rows}
+        merged = {(d["run"], d["step"], d["mode"]): d for d in stored + mine}
         bench.write_json(path, sorted(merged.values(), key=lambda d: (d["step"], d["run"], d["mode"])), indent=1)
         if args.commit:
             commit([path], f"paper regime ({args.corpus}): cooldown branches {batch}")
