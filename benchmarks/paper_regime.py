@@ -73,10 +73,11 @@ def end_runs() -> list[RunSpec]:
 
 
 def end_candidates() -> list[RunSpec]:
-    """Point 0's candidate ends of the automatic stop (seed 0, chosen on the dev half): w falls linearly after the
-    decision over a fifth of the run, or over half of it (to about the run's end)."""
+    """Point 0's candidate ends of the automatic stop (seed 0, chosen on the dev half): the additive mix (the loss's
+    scale does not jump at the end), or w falling linearly after the decision over a fifth or half of the run."""
     fall = {"kd_schedule": "linear_decay"}
     return [
+        student("auto_additive_s0", extra={"kd_mix": "additive"}),  # the NLL term at full weight: no jump at the end
         student("auto_fall0.2_s0", **fall, extra={"kd_auto_fall_ratio": 0.2}),
         student("auto_fall0.5_s0", **fall, extra={"kd_auto_fall_ratio": 0.5}),
     ]
@@ -400,7 +401,7 @@ def end_report(corpus: str) -> dict:
     runs = bench.load_runs(runs_dir(corpus))
     out = {"head_start": head_start(corpus)}
     base = runs.get("baseline_s0")
-    for name in ("kd_all", "auto_step_s0", "auto_fall0.2_s0", "auto_fall0.5_s0"):
+    for name in ("kd_all", "auto_step_s0", "auto_additive_s0", "auto_fall0.2_s0", "auto_fall0.5_s0", "fixed_r0.2"):
         run = runs.get(name)
         if run is None or base is None:
             continue
@@ -441,7 +442,7 @@ def end_report(corpus: str) -> dict:
 
 def print_end_report(report: dict) -> None:
     """A compact view of point 0's report: leads at each evaluation, the probe around the end, the head start."""
-    for name in ("kd_all", "auto_step_s0", "auto_fall0.2_s0", "auto_fall0.5_s0"):
+    for name in ("kd_all", "auto_step_s0", "auto_additive_s0", "auto_fall0.2_s0", "auto_fall0.5_s0", "fixed_r0.2"):
         r = report.get(name)
         if not r:
             continue

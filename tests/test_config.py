@@ -92,6 +92,8 @@ INVALID = [
     (dict(kd_chunk_size=0), ["kd_chunk_size", "0"]),
     (dict(kd_chunk_size=-4), ["kd_chunk_size", "-4"]),
     (dict(kd_schedule="linear_ratio_decay", kd_weight=1.0), ["kd_weight", "1.0", "linear_ratio_decay"]),
+    (dict(kd_mix="additive", kd_weight=1.0), ["kd_weight", "1.0", "additive"]),
+    (dict(kd_mix="sum"), ["kd_mix", "sum"]),
     (dict(kd_schedule="cosine"), ["kd_schedule", "cosine"]),
     (dict(kd_divergence="kl"), ["kd_divergence", "kl"]),
     (dict(loss_implementation="liger"), ["loss_implementation", "liger"]),

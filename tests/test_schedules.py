@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from salt_hf.schedules import KD_SCHEDULES, kd_weight
+from salt_hf.schedules import KD_SCHEDULES, kd_weight, loss_weights
 
 SCHEDULES = ["step", "linear_decay", "linear_ratio_decay"]
 WEIGHTS = [0.1, 0.5, 0.9, 1.0]
@@ -143,3 +143,23 @@ def test_pure_function_of_the_step():
     forward = [kd_weight(s, **args) for s in range(60)]
     backward = [kd_weight(s, **args) for s in reversed(range(60))][::-1]
     assert forward == backward
+
+
+# ---- how the two terms combine (kd_mix) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w", [0.0, 0.2, 0.5, 0.9])
+def test_additive_mix_is_the_convex_mix_scaled_by_one_over_one_minus_w(w):
+    convex, additive = loss_weights(w, "convex"), loss_weights(w, "additive")
+    assert convex == (1.0 - w, w)
+    assert additive[0] == 1.0
+    assert additive[0] * (1.0 - w) == pytest.approx(convex[0]) and additive[1] * (1.0 - w) == pytest.approx(convex[1])
+
+
+def test_mix_pinned_values_and_errors():
+    assert loss_weights(0.5, "additive") == (1.0, 1.0)
+    assert loss_weights(0.25, "additive") == pytest.approx((1.0, 1.0 / 3.0))
+    with pytest.raises(ValueError, match="infinite KD weight"):
+        loss_weights(1.0, "additive")
+    with pytest.raises(ValueError, match="'sum' is not one of"):
+        loss_weights(0.5, "sum")

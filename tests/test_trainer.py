@@ -82,12 +82,13 @@ def test_per_micro_batch_mean_breaks_split_invariance(tmp_path, tokenizer, token
     assert (bad - ref).abs().max() > 1e-4
 
 
-def test_loss_equals_naive_reference(tmp_path, tokenizer, token_stream, student, teacher):
-    """compute_loss against ((1-w) NLL + w KL(teacher||student)) / tokens written out naively."""
+@pytest.mark.parametrize("mix, nll_w, kd_w", [("convex", 0.7, 0.3), ("additive", 1.0, 0.3 / 0.7)])
+def test_loss_equals_naive_reference(tmp_path, tokenizer, token_stream, student, teacher, mix, nll_w, kd_w):
+    """compute_loss against (a NLL + b KL(teacher||student)) / tokens written out naively: (a, b) = (1-w, w) for
+    kd_mix="convex", (1, w / (1-w)) for "additive"."""
     ds = dataset(token_stream, 4, supervised=[24, 5, 17, 2])
-    trainer = SALTTrainer(
-        model=student, teacher_model=teacher, args=config(tmp_path, max_steps=4, kd_weight=0.3), train_dataset=ds
-    )
+    args = config(tmp_path, max_steps=4, kd_weight=0.3, kd_mix=mix)
+    trainer = SALTTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds)
     trainer.resolve_kd_steps(4)
     teacher.eval()
     batch = {k: torch.tensor(ds[k]) for k in ("input_ids", "labels")}
@@ -103,10 +104,38 @@ def test_loss_equals_naive_reference(tmp_path, tokenizer, token_stream, student,
     log_p = torch.log_softmax(t_logits, -1)
     nll = -log_q.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    ref = ((0.7 * nll + 0.3 * kl) * mask).sum() / mask.sum()
+    ref = ((nll_w * nll + kd_w * kl) * mask).sum() / mask.sum()
     ref_grad = torch.autograd.grad(ref, student.lm_head.weight)[0]
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_additive_mix_takes_the_convex_mix_adam_steps_during_the_kd_stage(tmp_path, tokenizer, token_stream, teacher):
+    """Adam is invariant to the loss's scale: with w constant the two mixes take the same steps (no clipping, a
+    negligible epsilon); they differ only where the KD stage ends."""
+    ds = dataset(token_stream, 8, supervised=[24, 5, 17, 2, 30, 9, 11, 20])
+    params = {}
+    for mix in ("convex", "additive"):
+        args = config(
+            tmp_path,
+            output_dir=str(tmp_path / mix),
+            max_steps=4,
+            per_device_train_batch_size=2,
+            learning_rate=1e-3,
+            kd_weight=0.5,
+            kd_ratio=1.0,
+            kd_mix=mix,
+            max_grad_norm=0.0,
+            adam_epsilon=1e-12,
+        )
+        trainer = SALTTrainer(
+            model=make_llama(len(tokenizer), 32, 2, seed=3), teacher_model=teacher, args=args, train_dataset=ds
+        )
+        trainer.train()
+        params[mix] = flat_params(trainer.model)
+    start = flat_params(make_llama(len(tokenizer), 32, 2, seed=3))
+    assert (params["convex"] - start).abs().max() > 1e-3  # it trained
+    torch.testing.assert_close(params["additive"], params["convex"], rtol=0, atol=1e-6)
 
 
 # ---- 2. w = 0 / no teacher is plain Trainer ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .losses import Divergence
-from .schedules import KDSchedule
+from .schedules import KDMix, KDSchedule
 from .speedups import LayerwiseDirection, SeqWarmupSchedule
 
 # kd_steps="auto" (salt_hf.kd_stop), the default when neither kd_steps nor kd_ratio is given: the window of the
@@ -27,6 +27,7 @@ LossImplementation = Literal["auto", "fused_linear", "logits"]
 _CHOICES = {
     "teacher_placement": TeacherPlacement,
     "kd_schedule": KDSchedule,
+    "kd_mix": KDMix,
     "kd_divergence": Divergence,
     "loss_implementation": LossImplementation,
     "seq_warmup_schedule": SeqWarmupSchedule,
@@ -88,6 +89,10 @@ class SALTConfig(TrainingArguments):
             `"step"`, `"linear_decay"` or `"linear_ratio_decay"` (see `salt_hf.schedules.kd_weight`). With
             `kd_steps="auto"`, w stays at `kd_weight` until the KD stage's end is decided; `"step"` then drops it to
             0 and the linear schedules take it down over the next `kd_auto_window` steps.
+        kd_mix (`str`, *optional*, defaults to `"convex"`):
+            How the two terms combine at weight w: `"convex"`, `(1 - w) * NLL + w * KD` (the paper's form), or
+            `"additive"`, `NLL + w / (1 - w) * KD`: the same balance with the NLL term at full weight, so that the
+            loss's scale does not jump where the KD stage ends (see `salt_hf.schedules.loss_weights`).
         kd_divergence (`str`, *optional*, defaults to `"forward_kl"`):
             `"forward_kl"` KL(teacher || student), `"reverse_kl"` or `"jsd"`.
         kd_jsd_beta (`float`, *optional*, defaults to `0.5`):
@@ -208,6 +213,13 @@ class SALTConfig(TrainingArguments):
     kd_schedule: KDSchedule = field(
         default="step",
         metadata={"help": "How the KD weight reaches 0 at n_KD (salt_hf.schedules); 'step' is the paper's recipe."},
+    )
+    kd_mix: KDMix = field(
+        default="convex",
+        metadata={
+            "help": "How NLL and KD combine at weight w: 'convex' (1-w)*NLL + w*KD (the paper's) or 'additive' "
+            "NLL + w/(1-w)*KD (the NLL term keeps full weight, so the loss's scale does not jump when KD ends)."
+        },
     )
     kd_divergence: Divergence = field(
         default="forward_kl",
@@ -351,6 +363,11 @@ class SALTConfig(TrainingArguments):
             raise ValueError(
                 "kd_weight=1.0 with kd_schedule='linear_ratio_decay' gives an infinite KD/NLL ratio; use "
                 "kd_weight < 1."
+            )
+        if self.kd_mix == "additive" and self.kd_weight == 1.0:
+            raise ValueError(
+                "kd_weight=1.0 with kd_mix='additive' gives an infinite KD weight (w / (1 - w)); use kd_weight < 1 "
+                "or kd_mix='convex'."
             )
         if not 0.0 <= self.kd_jsd_beta <= 1.0:
             raise ValueError(f"kd_jsd_beta={self.kd_jsd_beta} must be in [0, 1].")

@@ -88,3 +88,25 @@ def auto_kd_weight(step: int, *, schedule: str, weight: float, stop_step: int | 
 def auto_kd_end(schedule: str, stop_step: int, ramp: int) -> int:
     """The first step with w = 0 under `kd_steps="auto"`, once the end was decided at `stop_step`."""
     return stop_step if schedule == "step" else stop_step + ramp
+
+
+KDMix = Literal["convex", "additive"]
+
+
+def loss_weights(w: float, mix: str = "convex") -> tuple[float, float]:
+    """
+    The weights `(nll_weight, kd_weight)` of the two terms at KD weight `w`.
+
+    `"convex"` is the paper's `(1 - w) * NLL + w * KD`. `"additive"` is `NLL + w / (1 - w) * KD`: the same balance of
+    the two terms (so, for Adam, the same updates while w is constant), with the NLL term at full weight throughout.
+    Under "convex" the NLL term's weight jumps from `1 - w` to 1 where the KD stage ends, the gradient's scale with
+    it, and Adam's second moment (a memory of about 1 / (1 - beta2) steps) lags behind: a burst of larger updates and
+    a rise of the loss (benchmarks/RESULTS.md, section 8). Under "additive" the end only removes the KD term.
+    """
+    if mix == "convex":
+        return 1.0 - w, w
+    if mix == "additive":
+        if w >= 1.0:
+            raise ValueError(f"w={w} gives an infinite KD weight under mix='additive'; use w < 1.")
+        return 1.0, w / (1.0 - w)
+    raise ValueError(f"mix={mix!r} is not one of {list(get_args(KDMix))}.")

@@ -35,6 +35,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from ..schedules import loss_weights
 from .chunks import SALTLossOutput
 from .fused_linear import fused_linear_logits, fused_linear_salt_loss
 from .logits import salt_loss
@@ -449,8 +450,9 @@ class FusedHead:
 
     def _options(self, kd_weight: float, with_teacher: bool) -> dict[str, Any]:
         args = self.args
+        nll_weight, kd_weight = loss_weights(kd_weight, args.kd_mix)
         return dict(
-            nll_weight=1.0 - kd_weight,
+            nll_weight=nll_weight,
             kd_weight=kd_weight,
             divergence=args.kd_divergence,
             temperature=args.kd_temperature,
