@@ -251,8 +251,9 @@ def branches() -> list[tuple[str, int, str]]:
     """(run, step, mode): plain = NLL only, kd = KD continued at w; off the baseline and KD-for-the-whole-run."""
     out = []
     for step in range(SAVE_EVERY, STEPS // 2 + SAVE_EVERY + 1, SAVE_EVERY):  # 10% .. 60% of the run
-        out += [("baseline_s0", step, "plain"), ("kd_all", step, "plain"), ("kd_all", step, "kd")]
-    return out
+        out += [("baseline_s0", step, "plain"), ("kd_all", step, "plain")]
+    # KD going on through the cooldown, at two points (what an end at the LR's decay would keep)
+    return out + [("kd_all", step, "kd") for step in (2 * SAVE_EVERY, 5 * SAVE_EVERY)]
 
 
 def cooldown_one(branch: tuple[str, int, str], corpus: str) -> dict:
