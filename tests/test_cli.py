@@ -359,14 +359,25 @@ def test_demo_writes_table_plot_and_summary(tmp_path, capsys, selection):
     assert summary["config"]["kd_data_selection"] is selection
     # only the SALT run scores the data (the teacher's and the baseline's runs have no selection)
     assert len(list((tmp_path / "scores").glob("*/scores.npy"))) == int(selection)
-    assert set(summary["runs"]) == {"teacher", "baseline", "salt"}
-    assert summary["baseline_final_eval_loss"] == summary["runs"]["baseline"]["eval_loss"]
-    steps = [s for s, _ in summary["runs"]["salt"]["curve"]]
+    runs = summary["runs"]
+    assert set(runs) == {"teacher", "baseline", "salt", "kd_all"}
+    assert summary["baseline_final_eval_loss"] == runs["baseline"]["eval_loss"]
+    assert summary["teacher_final_eval_loss"] == runs["teacher"]["eval_loss"]
+    # kd_ratio 0.5 of 4 steps for SALT; KD for the whole run is the control; no KD stage for the baseline
+    assert (runs["salt"]["kd_end_step"], runs["kd_all"]["kd_end_step"], runs["baseline"]["kd_end_step"]) == (
+        2,
+        4,
+        None,
+    )
+    for name in ("baseline", "salt", "kd_all"):
+        passed = next((s for s, v in runs[name]["curve"] if v <= summary["teacher_final_eval_loss"]), None)
+        assert runs[name]["passes_teacher_at_step"] == passed
+    steps = [s for s, _ in runs["salt"]["curve"]]
     assert steps == sorted(set(steps)) and steps[-1] == 4
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
-    assert "steps to baseline final" in table and "salt" in table
-    for run in ("teacher", "baseline", "salt"):
+    assert "steps to baseline final" in table and "passes teacher" in table and "kd_all" in table
+    for run in ("teacher", "baseline", "salt", "kd_all"):
         AutoModelForCausalLM.from_pretrained(out / run)
 
 
