@@ -28,7 +28,8 @@ import bench
 import kd_end
 import torch
 from bench import RESULTS, WORK, RunResult, RunSpec
-from regime_benchmark import commit, corpus_name
+from regime_benchmark import commit as commit_files
+from regime_benchmark import corpus_name
 
 ROOT = RESULTS / "paper_regime"
 STUDENT, STEPS = "4x96", 4700
@@ -194,6 +195,12 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
     return groups
 
 
+def commit(paths: list, message: str) -> None:
+    """Commits `paths` with the summary written anew from everything stored, so the two never disagree."""
+    write_summary([c for c in OTHER if runs_dir(c).is_dir()])
+    commit_files([*paths, ROOT / "summary.json"], message)
+
+
 # ---- training -------------------------------------------------------------------------------------------------------
 
 
@@ -356,6 +363,96 @@ def probes(args) -> None:
         commit([path], f"paper regime ({args.corpus}): probes of {', '.join(todo)}")
 
 
+# ---- summary over the stored runs (point 5) -------------------------------------------------------------------------
+
+
+def budget_to_target(finals: dict[float, float], target: float) -> float | None:
+    """The smallest budget fraction whose final test loss is at or below `target`, interpolated linearly between the
+    budgets run (1.0 stands for the baseline itself, at `target`); None when no budget below 1 reaches it."""
+    points = sorted(finals.items())
+    if points and points[0][1] <= target:
+        return points[0][0]  # the smallest budget run already reaches it: an upper bound
+    for (b0, l0), (b1, l1) in zip(points, points[1:], strict=False):
+        if l1 <= target < l0:
+            return b0 + (b1 - b0) * (l0 - target) / (l0 - l1)
+    return None
+
+
+def summarise(corpus: str) -> dict:
+    runs = bench.load_runs(runs_dir(corpus))
+    teachers = {
+        n.removeprefix("teacher_"): r for n, r in runs.items() if n.startswith("teacher_") and "scale" not in n
+    }
+    bases = {r.spec.seed: r for n, r in runs.items() if n.startswith("baseline_s")}
+    base = bases.get(0)
+    out: dict = {"corpus": corpus, "steps": STEPS, "student": STUDENT, "runs": sorted(runs)}
+    if base is None:
+        return out
+    out["baseline_final_loss"] = bench.seed_stats([bases[s].final_test_loss for s in sorted(bases)])
+    out["teacher_final_loss"] = {
+        t: {"params": r.params, "final_test_loss": r.final_test_loss} for t, r in teachers.items()
+    }
+    kd_all = runs.get("kd_all")
+    out["kd_all_final_loss"] = kd_all.final_test_loss if kd_all else None
+    out["regime"] = {
+        t: {
+            "baseline_passes_teacher_at": _frac(
+                bench.first_step_at_or_below(base.curve_step_test_dev, r.final_test_loss)
+            ),
+            "kd_all_ends_above_baseline": kd_all.final_test_loss > base.final_test_loss
+            if kd_all and t == "half"
+            else None,
+        }
+        for t, r in teachers.items()
+    }
+    autos = {s: runs.get(f"auto_s{s}") for s in (0, 1, 2)}
+    seeds = [s for s, r in autos.items() if r is not None and s in bases]
+    reach = [bench.first_step_at_or_below(autos[s].curve_step_test_dev, bases[s].final_test_loss) for s in seeds]
+    out["auto"] = {
+        "runs": [f"auto_s{s}" for s in seeds],
+        "final_loss": bench.seed_stats([autos[s].final_test_loss for s in seeds]),
+        "steps_to_target_ratio": bench.seed_stats([_frac(r) for r in reach], reached=True),
+        "budget_to_target": bench.seed_stats(
+            [
+                budget_to_target(budget_finals(runs, s), bases[s].final_test_loss) if s in bases else None
+                for s in seeds
+            ],
+            reached=True,
+        ),
+    }
+    out["fixed"] = {n: runs[n].final_test_loss for n in ("fixed_r0.2", "fixed_r0.4") if n in runs}
+    out["teacher_axis"] = [
+        {
+            "teacher": t,
+            "ratio": teachers[t].params / base.params,
+            "teacher_final_loss": teachers[t].final_test_loss,
+            "auto_final_loss": runs[n].final_test_loss,
+            "gain_over_baseline": base.final_test_loss - runs[n].final_test_loss,
+        }
+        for t, n in (("half", "auto_s0"), ("quarter", "auto_quarter"), ("eighth", "auto_eighth"))
+        if n in runs and t in teachers
+    ]
+    out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
+    path = ROOT / corpus / "probes.json"
+    probes_ = json.loads(path.read_text()) if path.is_file() else {}
+    out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
+    return out
+
+
+def budget_finals(runs: dict[str, RunResult], seed: int) -> dict[float, float]:
+    return {b: runs[f"auto_budget_{b}_s{seed}"].final_test_loss for b in BUDGETS if f"auto_budget_{b}_s{seed}" in runs}
+
+
+def _frac(step: int | None) -> float | None:
+    return None if step is None else step / STEPS
+
+
+def write_summary(corpora: list[str]) -> dict:
+    summary = {c: summarise(c) for c in corpora if runs_dir(c).is_dir()}
+    bench.write_json(ROOT / "summary.json", summary, indent=1)
+    return summary
+
+
 # ---- point 0's report: the KD stage's end ---------------------------------------------------------------------------
 
 
@@ -485,6 +582,7 @@ def main():
     elif not args.summarise_only:
         train(args)
     print(f"done: {time.time() - t0:.0f}s", flush=True)
+    write_summary([c for c in OTHER if runs_dir(c).is_dir()])
     for p in sorted(runs_dir(args.corpus).glob("*.json")):
         r = RunResult.load(p)
         print(f"{r.spec.name}: final test {r.final_test_loss:.4f} dev {r.final_dev_loss:.4f} kd_steps {r.kd_steps}")
