@@ -206,8 +206,7 @@ def write_report(
     }
     atomic_write_text(Path(root, "summary.json"), json.dumps(summary, indent=2) + "\n")
     curves = {name: summary["runs"][name]["curve"] for name in ("baseline", "salt", "kd_all") if name in results}
-    title = f"student {Path(model_args.model_config).stem}, teacher {Path(demo_args.teacher_config).stem}"
-    title += f": SALT's KD stage ended at step {kd_steps['salt']}"
+    title = f"SALT's KD stage ended at step {kd_steps['salt']} of {training_args.max_steps}"
     plot_curves(curves, os.path.join(root, "curves.png"), title, summary["teacher_final_eval_loss"])
     print_table(summary)
     print(f"Wrote {root}/summary.json and {root}/curves.png")
