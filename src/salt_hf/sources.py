@@ -22,7 +22,7 @@ from typing import Any
 from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import (
     CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
@@ -54,6 +54,7 @@ DTYPE_BYTES = {
 # The safetensors library refuses larger headers (its MAX_HEADER_SIZE): a larger length means a damaged file.
 MAX_HEADER_BYTES = 100_000_000
 ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
+_CAUSAL_LM_CLASSES = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 RECOPY = "copy or download it again (an interrupted copy or download leaves such a file)"
 
 
@@ -107,19 +108,33 @@ def check_causal_lm_config(folder: Path, *, trust_remote_code: bool = False) -> 
         raise ValueError(f"{config_file} is not valid JSON ({err}): {RECOPY}.") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{config_file} holds a JSON {type(fields).__name__}, not a model config: {RECOPY}.")
-    remote = "AutoModelForCausalLM" in (fields.get("auto_map") or {})
+    if "AutoModelForCausalLM" in (fields.get("auto_map") or {}) and trust_remote_code:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=True)  # custom code: its own causal LM
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError) as err:
         raise ValueError(f"{config_file} does not load: {err}") from None
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (remote and trust_remote_code):
-        return config
-    architectures = ", ".join(fields.get("architectures") or []) or "none named"
-    raise ValueError(
+    architectures = fields.get("architectures") or []
+    what = (
         f"{config_file} describes a {type(config).__name__} (model_type {config.model_type!r}; architectures: "
-        f"{architectures}), which AutoModelForCausalLM cannot load: SALT trains and distils causal (decoder-only) "
-        "language models such as Llama, Qwen2 or GPT-2. Give the folder of a causal LM."
+        f"{', '.join(architectures) or 'none named'})"
     )
+    fix = "SALT trains and distils causal (decoder-only) language models such as Llama, Qwen2 or GPT-2: give one."
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{what}, which AutoModelForCausalLM cannot load. {fix}")
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        # BERT-like families load as causal LMs only when the config says is_decoder (transformers warns otherwise)
+        raise ValueError(f"{what}: an encoder that attends both ways (is_decoder is not set), not a causal LM. {fix}")
+    if architectures and not any(_is_causal_lm_class(name) for name in architectures):
+        raise ValueError(
+            f"{what}: the saved model has no language-model head, so AutoModelForCausalLM would start one from random "
+            f"weights. {fix}"
+        )
+    return config
+
+
+def _is_causal_lm_class(name: str) -> bool:
+    return name in _CAUSAL_LM_CLASSES or name.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 def check_weights(folder: Path, *, safetensors_only: bool = True) -> None:
@@ -156,7 +171,8 @@ def check_sharded_safetensors(index_file: Path) -> None:
         weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{index_file} is not a valid safetensors index ({type(err).__name__}: {err}): {RECOPY}.")
+        problem = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{index_file} is not a valid safetensors index ({problem}): {RECOPY}.") from None
     missing = [name for name in shards if not (index_file.parent / name).is_file()]
     if missing:
         raise ValueError(
@@ -185,10 +201,14 @@ def check_safetensors(path: Path) -> dict[str, Any]:
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"{path} is {size} bytes long, too short for a safetensors file: it is cut short; {RECOPY}.")
+            raise ValueError(
+                f"{path} is {size} bytes long, too short for a safetensors file: it is cut short; {RECOPY}."
+            )
         header_len = int.from_bytes(prefix, "little")
         if header_len > MAX_HEADER_BYTES:
-            raise ValueError(f"{path} does not start with a safetensors header (it is damaged or not safetensors): {RECOPY}.")
+            raise ValueError(
+                f"{path} does not start with a safetensors header (it is damaged or not safetensors): {RECOPY}."
+            )
         if 8 + header_len > size:
             raise ValueError(
                 f"{path} is cut short: its header declares {header_len:,} bytes but the file holds {size:,} bytes in "
@@ -219,7 +239,9 @@ def _tensor_end(name: str, entry: dict[str, Any]) -> int:
     begin, end = (int(x) for x in entry["data_offsets"])
     need = DTYPE_BYTES.get(entry["dtype"])
     if need is not None and end - begin != need * math.prod(int(d) for d in entry["shape"]):
-        raise ValueError(f"tensor {name!r}: {end - begin} bytes for a {entry['dtype']} tensor of shape {entry['shape']}")
+        raise ValueError(
+            f"tensor {name!r}: {end - begin} bytes for a {entry['dtype']} tensor of shape {entry['shape']}"
+        )
     if not 0 <= begin <= end:
         raise ValueError(f"tensor {name!r}: data_offsets {entry['data_offsets']}")
     return end
@@ -250,14 +272,16 @@ def check_checkpoint(folder: Path) -> None:
         try:
             files = json.loads(marker.read_text(encoding="utf-8"))["files"]
         except (ValueError, UnicodeDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{marker} is damaged ({type(err).__name__}): resume from an earlier checkpoint.") from None
+            raise ValueError(
+                f"{marker} is damaged ({type(err).__name__}): resume from an earlier checkpoint."
+            ) from None
         for name, size in files.items():
             path = folder / name
             found = path.stat().st_size if path.is_file() else None
             if found != size:
                 now = "missing" if found is None else f"{found:,} bytes"
                 raise ValueError(
-                    f"{path} is {now} but was {size:,} bytes when the checkpoint was saved: the checkpoint was changed "
+                    f"{path} is {now} but was {size:,} bytes when the checkpoint was saved: it was changed "
                     "or cut short afterwards. Resume from an earlier checkpoint, or pass 'last' for the newest "
                     "complete one."
                 )
