@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from ..checkpointing import last_complete_checkpoint
 from ..config import SALTConfig
 from ..launch import check_launch
-from ..models import max_positions
+from ..models import check_model_config_spec, max_positions
 from ..sources import check_checkpoint, check_model_source, local_folder
 from ..speedups import check_seq_warmup
 from ..teacher import Teacher, check_tokenizers_match, load_teacher_config, load_teacher_tokenizer
@@ -62,6 +62,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
                 schedule=training_args.seq_warmup_schedule,
                 start_length=training_args.seq_warmup_start_length,
             )
+    if not model_args.model_name_or_path:
+        with as_input_error(ValueError):
+            check_model_config_spec(model_args.model_config)
     check_source_exists("--model_name_or_path", model_args.model_name_or_path)
     check_source_exists("--tokenizer_name_or_path", model_args.tokenizer_name_or_path)
     if distils(training_args):
