@@ -1,14 +1,18 @@
-"""Checks of what the launch decides (processes, DeepSpeed / FSDP from `accelerate launch`, writable folders).
+"""The launch: checks of what it decides, and the end of a launched process.
 
-`SALTConfig.__post_init__` checks what its fields alone decide; these need the launch, so `SALTTrainer` runs them when
-it is built, before `Trainer.__init__` creates the output folder. Each raises `ValueError` naming the problem and the
-fix.
+`check_launch` covers what depends on the launch (processes, DeepSpeed / FSDP from `accelerate launch`, writable
+folders); `SALTConfig.__post_init__` checks what its fields alone decide, and `SALTTrainer` runs these when it is
+built, before `Trainer.__init__` creates the output folder. Each raises `ValueError` naming the problem and the fix.
+`exit_launched_process` ends a process of a multi-process launch (see there why it skips the interpreter's teardown).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch.distributed as dist
 from accelerate.utils import parse_flag_from_env
@@ -78,3 +82,30 @@ def check_writable_folder(path: str | os.PathLike, field: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == path else f" (its nearest existing parent, {existing}, is read-only to this user)"
         raise ValueError(f"{field}={str(path)!r} cannot be written{where}: choose a folder you can write to.")
+
+
+def exit_launched_process(code: int) -> NoReturn:
+    """
+    Ends a process of a multi-process launch with exit status `code`: waits for every process (a barrier), closes the
+    process group, runs the atexit handlers and flushes the output while the interpreter is whole, then exits with
+    `os._exit`, skipping the interpreter's teardown.
+
+    Why the teardown is skipped (issue 23): torch (2.13) keeps a gloo process group alive after
+    `destroy_process_group` once `torch._dynamo` / `torch._inductor` was first imported while the group existed (the
+    Trainer's DDP set-up does), so its worker threads ("pt_gloo_runloop") outlive the group, and nothing public stops
+    them. Such a thread frees a finished collective (a barrier keeps the collectives before it) after the caller has
+    moved on; where that collective's tensors have Python objects, freeing them takes the GIL. Under CPU load that can
+    fall into the interpreter's teardown, where CPython 3.11 ends a thread asking for the GIL with `pthread_exit`,
+    whose unwinding through a C++ noexcept destructor calls `std::terminate`: "terminate called without an active
+    exception", SIGABRT, and the launcher reports the run as failed after it finished. Without a teardown that moment
+    does not exist. A core dump of the abort (thread in `~AsyncBarrierWork` -> `~AsyncAllgatherWork` ->
+    `TensorImpl::decref_pyobject` -> `take_gil` -> `pthread_exit`, main thread in `Py_FinalizeEx`) is quoted in the
+    issue's closing note.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    atexit._run_exitfuncs()  # what the teardown would run first (logging's flush among them)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -15,12 +15,14 @@ import sys
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 import yaml
 from accelerate.logging import get_logger
 from transformers import AutoTokenizer, default_data_collator, set_seed
 
 from ..checkpointing import SIGTERM_EXIT_CODE, atomic_write_text
 from ..config import SALTConfig
+from ..launch import exit_launched_process
 from ..metrics import NextTokenMetrics, preprocess_logits_for_metrics
 from ..model_card import write_model_card
 from ..models import build_student, max_positions
@@ -211,26 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         # its traceback.
         print(f"salt-train: error: {err}", file=sys.stderr)
         return 2
-    _end_process_group()
-    if result["trainer"].stopped_by_sigterm:
-        step = result["trainer"].state.global_step
+    trainer = result.pop("trainer")
+    code = 0
+    if trainer.stopped_by_sigterm:
+        step = trainer.state.global_step
         logger.warning(
             f"salt-train: stopped by SIGTERM after step {step}, checkpoint-{step} saved; run the same command with "
             "--resume_from_checkpoint last to continue.",
             main_process_only=True,
         )
-        return SIGTERM_EXIT_CODE
-    return 0
-
-
-def _end_process_group() -> None:
-    """Under a multi-process launch, wait for every process and close the group: ZeRO-3 runs can otherwise abort at
-    interpreter exit while a process still holds a collective."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        code = SIGTERM_EXIT_CODE
+    del trainer, result
+    if dist.is_available() and dist.is_initialized():  # a multi-process launch: every process leaves together
+        exit_launched_process(code)
+    return code
 
 
 if __name__ == "__main__":
