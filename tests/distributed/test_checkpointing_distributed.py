@@ -29,7 +29,13 @@ from test_checkpointing import (
 )
 
 pytestmark = pytest.mark.distributed
-ENGINES = {"ddp": {}, "zero2": {"deepspeed": DS_CONFIGS["zero2"]}, "zero3": {"deepspeed": DS_CONFIGS["zero3"]}}
+# ZeRO-3 builds the student under deepspeed.zero.Init, which needs DeepSpeed's own process group: Accelerate makes it
+# for a DeepSpeed launch, not for use_cpu (MULTI_CPU), which run_args sets and ZeRO-2 tolerates.
+ENGINES = {
+    "ddp": {},
+    "zero2": {"deepspeed": DS_CONFIGS["zero2"]},
+    "zero3": {"deepspeed": DS_CONFIGS["zero3"], "use_cpu": "false"},
+}
 
 
 def engine(name: str) -> dict:
