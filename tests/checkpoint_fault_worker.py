@@ -35,17 +35,26 @@ from salt_hf.cli import train as train_cli
 SAVE_PHASES = ("model", "optimizer", "rng", "state", "publish", "rotate")
 
 
+# Under torchrun: the agent, read while it certainly lives (a worker whose agent died is handed to another parent).
+AGENT = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+
+
 def die() -> None:
     """SIGKILL to the whole launch at once: this process's group, or under torchrun (whose workers each have a
-    session of their own) every worker of the agent, then the agent, then this process."""
+    session of their own) the agent first, then its other workers, then this process. The agent goes first because
+    every rank may get here at the same moment: had two ranks killed each other before either reached the agent, the
+    agent would live on and report a failed launch instead of dying with it."""
     sys.stdout.flush()
     sys.stderr.flush()
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
+    if AGENT is None:
         os.killpg(os.getpgrp(), signal.SIGKILL)
-    agent = os.getppid()
-    workers = [pid for pid in _children(agent) if pid != os.getpid()]
-    for pid in [*workers, agent]:
-        os.kill(pid, signal.SIGKILL)
+    assert AGENT > 1, AGENT
+    workers = [pid for pid in _children(AGENT) if pid != os.getpid()]  # empty once the agent is gone
+    for pid in [AGENT, *workers]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # another rank got there first
+            pass
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+import torch
 from accelerate.utils import is_deepspeed_available
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
@@ -317,6 +320,7 @@ class SALTConfig(TrainingArguments):
 
     def __post_init__(self):
         self._check_teacher_kwargs_json()
+        self._check_deepspeed_json()
         super().__post_init__()
         self._check_choices()
         self._check_teacher()
@@ -337,6 +341,36 @@ class SALTConfig(TrainingArguments):
                     '\'{"dtype": "bfloat16"}\'.'
                 ) from None
 
+    def _check_deepspeed_json(self) -> None:
+        """`deepspeed` as a path is read before TrainingArguments reads it, so that its errors name the field."""
+        value = self.deepspeed
+        if not isinstance(value, str):
+            return
+        if os.path.isdir(value):
+            raise ValueError(f"deepspeed={value!r} is a folder: give the DeepSpeed JSON file in it.")
+        if os.path.exists(value):
+            try:
+                with open(value, encoding="utf-8") as f:
+                    config = json.load(f)
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"deepspeed={value!r} is not valid JSON ({err}): fix the file, or start from one of "
+                    "deepspeed_configs/*.json."
+                ) from None
+            if not isinstance(config, dict):
+                raise ValueError(f"deepspeed={value!r} holds a JSON {type(config).__name__}, not a DeepSpeed config.")
+            return
+        try:  # Accelerate also takes the config itself as a JSON or base64-encoded string
+            text = value if value.lstrip().startswith("{") else base64.urlsafe_b64decode(value).decode("utf-8")
+            if isinstance(json.loads(text), dict):
+                return
+        except (ValueError, UnicodeDecodeError):
+            pass
+        raise ValueError(
+            f"deepspeed={value!r}: no such file. Give the path of a DeepSpeed JSON config (e.g. "
+            "deepspeed_configs/zero3.json)."
+        )
+
     def _check_choices(self) -> None:
         """Python callers are not stopped by the CLI parser's choices: check each Literal field here."""
         for name, choices in _CHOICES.items():
@@ -350,6 +384,13 @@ class SALTConfig(TrainingArguments):
                 f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not a JSON object; pass e.g. "
                 '\'{"dtype": "bfloat16"}\'.'
             )
+        for key in ("dtype", "torch_dtype"):
+            value = (self.teacher_model_init_kwargs or {}).get(key)
+            if isinstance(value, str) and value != "auto" and not isinstance(getattr(torch, value, None), torch.dtype):
+                raise ValueError(
+                    f"teacher_model_init_kwargs[{key!r}]={value!r} is not a torch dtype: use e.g. 'bfloat16', "
+                    "'float16', 'float32' or 'auto'."
+                )
         if self.teacher_placement == "zero3" and self.fsdp:
             raise ValueError(
                 "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP student "

@@ -24,19 +24,15 @@ def new_model_config(spec: str, vocab_size: int, seq_length: int, tokenizer) -> 
     The config of a new model: `spec` is a key of `MODEL_SIZES` (a Llama with tied embeddings) or the path of a JSON
     file of config fields (`"model_type": "gpt2"` for GPT-2; Llama otherwise). Raises `ValueError` for anything else.
     """
+    check_model_config_spec(spec)
     if spec in MODEL_SIZES:
         fields = dict(MODEL_SIZES[spec], num_key_value_heads=MODEL_SIZES[spec]["num_attention_heads"])
         fields["tie_word_embeddings"] = True
         model_type = "llama"
-    elif os.path.isfile(spec):
+    else:
         with open(spec) as f:
             fields = json.load(f)
         model_type = fields.pop("model_type", "llama")
-    else:
-        raise ValueError(
-            f"--model_config {spec!r} is neither a named size ({', '.join(MODEL_SIZES)}) nor a JSON file of config "
-            "fields."
-        )
     fields.setdefault("vocab_size", vocab_size)
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if model_type == "llama":
@@ -44,6 +40,15 @@ def new_model_config(spec: str, vocab_size: int, seq_length: int, tokenizer) -> 
         return LlamaConfig(**special, pad_token_id=tokenizer.pad_token_id, **fields)
     fields.setdefault("n_positions", seq_length)
     return AutoConfig.for_model(model_type, **special, **fields)
+
+
+def check_model_config_spec(spec: str) -> None:
+    """Raises `ValueError` unless `spec` is a key of `MODEL_SIZES` or an existing file (`new_model_config`)."""
+    if spec not in MODEL_SIZES and not os.path.isfile(spec):
+        raise ValueError(
+            f"--model_config {spec!r} is neither a named size ({', '.join(MODEL_SIZES)}) nor a JSON file of config "
+            "fields."
+        )
 
 
 def max_positions(config: PretrainedConfig) -> int | None:

@@ -19,6 +19,8 @@ from accelerate.logging import get_logger
 from accelerate.utils import release_memory
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from .sources import check_model_source
+
 logger = get_logger(__name__)
 
 
@@ -87,8 +89,15 @@ def load_teacher_config(name_or_path: str, init_kwargs: dict[str, Any] | None = 
     return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust)
 
 
+# Any of these in a folder means it holds a tokenizer; without one, AutoTokenizer may still build an empty tokenizer of
+# the config's model type (a handful of special tokens), which is no tokenizer to compare with.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 def load_teacher_tokenizer(name_or_path: str, init_kwargs: dict[str, Any] | None = None):
     """The teacher's tokenizer when its folder has one, else None (then only the vocabulary sizes are compared)."""
+    if os.path.isdir(name_or_path) and not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+        return None
     trust = bool((init_kwargs or {}).get("trust_remote_code", False))
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust)
@@ -273,6 +282,20 @@ class Teacher:
         if self.module is not None:
             return self.module.config
         return load_teacher_config(self.path, self.init_kwargs)
+
+    def check_source(self) -> None:
+        """
+        A teacher given by its path: the folder holds a causal LM's config and complete weights (`salt_hf.sources`),
+        read without loading them, so that a damaged teacher is refused before training, not when the KD stage starts.
+        """
+        if self.path is None:
+            return
+        kwargs = self.init_kwargs or {}
+        check_model_source(
+            self.path,
+            trust_remote_code=bool(kwargs.get("trust_remote_code", False)),
+            safetensors_only=kwargs.get("use_safetensors", True) is not False,
+        )
 
     def check_student(self, student: torch.nn.Module, tokenizer=None, teacher_tokenizer=None) -> int:
         """

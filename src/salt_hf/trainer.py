@@ -14,6 +14,7 @@ from .checkpointing import PreemptionSafeCheckpoints
 from .config import SALTConfig, as_salt_config
 from .kd_stop import AutoKDStop
 from .labels import pop_shift_labels
+from .launch import check_launch
 from .losses.head import FusedHead
 from .schedules import auto_kd_end, auto_kd_weight, kd_weight
 from .selection import KDSelection, select_kd_data
@@ -69,9 +70,13 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         self.kd_vocab_size: int | None = None
         self.kd_selection: KDSelection | None = None
         self._kd_steps: int | None = None
-        if source is not None and args.kd_weight > 0.0:
-            # Every check runs before Trainer.__init__, which creates the output folder.
+        # Every check runs before Trainer.__init__, which creates the output folder: the launch, then the teacher's
+        # folder (read, not loaded: the teacher loads when the KD stage starts) and the teacher against the student.
+        distils = source is not None and args.kd_weight > 0.0
+        check_launch(args, distils=distils)
+        if distils:
             teacher = Teacher(source, init_kwargs=args.teacher_model_init_kwargs, placement=args.teacher_placement)
+            teacher.check_source()
             tokenizer = kwargs.get("processing_class")
             self.kd_vocab_size = teacher.check_student(model, tokenizer, teacher_processing_class)
             self.teacher = teacher
@@ -81,12 +86,6 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
             raise ValueError(
                 f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): "
                 "launch one process per GPU with `accelerate launch` or `torchrun`."
-            )
-        if self.teacher is not None and self.args.teacher_placement == "zero3" and self.is_fsdp_enabled:
-            # FSDP can also come from `accelerate launch`'s config, which SALTConfig does not see
-            raise ValueError(
-                "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP "
-                "student: use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
             )
         self.fused_head = FusedHead(self.args, self.accelerator, self.kd_vocab_size)
         fsdp = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None

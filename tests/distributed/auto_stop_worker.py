@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from common import leave_process_group
+from common import exit_worker
 from datasets import Dataset
 from fixtures import config
 from torch.utils.data import SequentialSampler
@@ -90,7 +90,7 @@ def main() -> None:
     dist.all_gather_object(records, record)
     if dist.get_rank() == 0:
         torch.save(records, out / "result.pt")
-    leave_process_group()
+    exit_worker()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from fixtures import make_llama
 from transformers import LlamaForCausalLM
+
+from salt_hf.launch import exit_launched_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DS_CONFIGS = {name: str(ROOT / "deepspeed_configs" / f"{name}.json") for name in ("zero2", "zero3")}
@@ -112,8 +113,10 @@ def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
 
 
-def leave_process_group() -> None:
-    """The end of every worker: ZeRO-3 processes can abort at interpreter exit unless every rank leaves together."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def exit_worker() -> None:
+    """
+    The end of every worker: all ranks leave the process group together and the process exits without the
+    interpreter's teardown, during which a gloo thread that torch keeps alive could still ask for the GIL and abort
+    the process (issue 23; `salt_hf.launch.exit_launched_process`). Never returns.
+    """
+    exit_launched_process(0)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import VOCAB, leave_process_group, llama, step_rows
+from common import VOCAB, exit_worker, llama, step_rows
 from fixtures import RUN
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -79,7 +79,7 @@ def main(workdir: str) -> None:
     assert probe.seen["all_materialised"] and probe.seen["devices"] == [probe.seen["accelerator_device"]], probe.seen
     assert probe.seen["accelerator_device"].startswith("cuda"), probe.seen
     assert kd == [0.5, 0.5, 0.0, 0.0] and trainer.teacher_model is None
-    leave_process_group()
+    exit_worker()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import cpu_deepspeed
 import torch
 import torch.distributed as dist
-from common import DS_CONFIGS, leave_process_group, step_dataset, student_model
+from common import DS_CONFIGS, exit_worker, step_dataset, student_model
 from fixtures import one_sgd_step_config
 
 from salt_hf import SALTTrainer
@@ -119,7 +119,7 @@ def main() -> None:
     world = int(os.environ["WORLD_SIZE"])
     for case in cli.case:
         run_case(case, cli.backend, cli.teacher, out_dir, world)
-    leave_process_group()
+    exit_worker()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
-from common import leave_process_group, teacher_model
+from common import exit_worker, teacher_model
 
 from salt_hf.selection import score_dataset
 
@@ -52,7 +52,7 @@ def main() -> None:
         torch.save(
             {"scores": torch.from_numpy(scores), "rows_per_rank": counts, "world": state.num_processes}, args.out
         )
-    leave_process_group()
+    exit_worker()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import cpu_deepspeed
 import torch
 import torch.distributed as dist
-from common import DS_CONFIGS, leave_process_group, step_dataset, student_model, teacher_model
+from common import DS_CONFIGS, exit_worker, step_dataset, student_model, teacher_model
 from fixtures import RUN
 
 from salt_hf import SALTConfig, SALTTrainer
@@ -79,7 +79,7 @@ def main() -> None:
             },
             out / "zero2.pt",
         )
-    leave_process_group()
+    exit_worker()
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ def parse_args(argv: list[str] | None = None, classes=ARG_CLASSES, defaults: dic
 
 def check_output_dir(training_args: SALTConfig, run_args: RunArguments) -> None:
     out = Path(training_args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output_dir {out} is a file, not a folder: choose a new --output_dir.")
     if not out.exists() or not any(out.iterdir()):
         return
     if training_args.resume_from_checkpoint or run_args.overwrite_output_dir:

@@ -15,17 +15,18 @@ import sys
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 import yaml
 from accelerate.logging import get_logger
 from transformers import AutoTokenizer, default_data_collator, set_seed
 
-from ..checkpointing import SIGTERM_EXIT_CODE, atomic_write_text, last_complete_checkpoint
+from ..checkpointing import SIGTERM_EXIT_CODE, atomic_write_text
 from ..config import SALTConfig
+from ..launch import exit_launched_process
 from ..metrics import NextTokenMetrics, preprocess_logits_for_metrics
 from ..model_card import write_model_card
 from ..models import build_student, max_positions
-from ..speedups import check_seq_warmup
-from ..teacher import load_teacher_config, output_vocab_size
+from ..teacher import output_vocab_size
 from ..trainer import SALTTrainer
 from .args import (
     ARG_CLASSES,
@@ -34,10 +35,10 @@ from .args import (
     ModelArguments,
     RunArguments,
     as_input_error,
-    check_model_source,
     check_output_dir,
     parse_args,
 )
+from .preflight import check_arguments, check_launch_context, check_sources, resolve_resume
 
 __all__ = ["ARG_CLASSES", "RUN_CONFIG_NAME", "corpus_texts", "main", "parse_args", "run"]
 
@@ -46,50 +47,6 @@ logger = get_logger(__name__)
 RUN_CONFIG_NAME = "salt_run_config.yaml"
 # salt-train's defaults that differ from the library's: a command-line run that is preempted (SIGTERM) saves first.
 CLI_DEFAULTS = {"save_on_sigterm": True}
-
-
-# ---- checks that run before anything is written ---------------------------------------------------------------------
-
-
-def resolve_resume(training_args: SALTConfig) -> str | None:
-    resume = training_args.resume_from_checkpoint
-    if resume in (None, "", "false", "False"):
-        return None
-    if resume in ("last", "true", "True"):
-        # the newest complete checkpoint: a folder left half-written by a kill is named in the log and skipped
-        last = last_complete_checkpoint(training_args.output_dir)
-        if last is None:
-            raise InputError(
-                f"--resume_from_checkpoint {resume}: no complete checkpoint-* folder in {training_args.output_dir}."
-            )
-        return last
-    if not os.path.isdir(resume):
-        raise InputError(f"--resume_from_checkpoint {resume}: no such checkpoint folder.")
-    return resume
-
-
-def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: SALTConfig) -> None:
-    """The checks that need nothing loaded."""
-    if data_args.seq_length < 2:
-        raise InputError(f"--seq_length {data_args.seq_length}: need at least 2 tokens per row.")
-    if not 0.0 < data_args.validation_fraction < 1.0:
-        raise InputError(f"--validation_fraction {data_args.validation_fraction} must be in (0, 1).")
-    selects = (
-        training_args.kd_data_selection and training_args.teacher_model_name_or_path and training_args.kd_weight > 0
-    )
-    if selects and data_args.streaming:
-        raise InputError("--kd_data_selection scores every training sequence first: it needs --streaming false.")
-    if training_args.seq_warmup_steps > 0:
-        with as_input_error(ValueError):
-            check_seq_warmup(
-                data_args.seq_length,
-                schedule=training_args.seq_warmup_schedule,
-                start_length=training_args.seq_warmup_start_length,
-            )
-    check_model_source("--model_name_or_path", model_args.model_name_or_path)
-    check_model_source("--tokenizer_name_or_path", model_args.tokenizer_name_or_path)
-    if training_args.kd_weight > 0:
-        check_model_source("--teacher_model_name_or_path", training_args.teacher_model_name_or_path)
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------
@@ -173,17 +130,6 @@ def load_student(model_args: ModelArguments, data_args: DataArguments, tokenizer
     return student
 
 
-def check_teacher(training_args: SALTConfig, seq_length: int) -> None:
-    teacher_path = training_args.teacher_model_name_or_path
-    if not teacher_path or training_args.kd_weight <= 0:
-        return
-    with as_input_error(ValueError, OSError, prefix=f"--teacher_model_name_or_path {teacher_path}: "):
-        teacher_config = load_teacher_config(teacher_path, training_args.teacher_model_init_kwargs)
-    limit = max_positions(teacher_config)
-    if limit is not None and seq_length > limit:
-        raise InputError(f"--seq_length {seq_length} is beyond the teacher's {limit} positions: lower --seq_length.")
-
-
 def save_run_config(output_dir: str, model_args, data_args, training_args) -> None:
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training_args.to_dict()}
     os.makedirs(output_dir, exist_ok=True)
@@ -201,10 +147,12 @@ def run(
     """Checks the input, trains, saves; returns the final metrics, the log history and the trainer."""
     from ..data import tokenize_and_pack
 
-    # 1) checks that need nothing loaded
+    # 1) checks that need nothing loaded: the arguments, the resume point, every model source (no weights read)
     check_output_dir(training_args, run_args)
     resume = resolve_resume(training_args)
     check_arguments(model_args, data_args, training_args)
+    check_sources(model_args, data_args, training_args)
+    check_launch_context(training_args)
     set_seed(training_args.seed)
 
     # 2) data, tokenizer, models and their compatibility
@@ -212,7 +160,6 @@ def run(
     if tokenizer is None:
         tokenizer = load_tokenizer(model_args, corpus_texts(raw["train"], data_args.text_column))
     student = load_student(model_args, data_args, tokenizer)
-    check_teacher(training_args, data_args.seq_length)
 
     # 3) tokenise and pack (cached by fingerprint: a second run with the same corpus and tokenizer skips this)
     with as_input_error(ValueError):
@@ -227,7 +174,8 @@ def run(
     if data_args.max_eval_rows is not None and not data_args.streaming:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_rows, len(eval_dataset))))
 
-    # the trainer checks the teacher (same tokenizer, vocabulary sizes) before it creates the output folder
+    # the trainer checks the launch (salt_hf.launch) and the teacher against the student (same tokenizer, vocabulary
+    # sizes) before it creates the output folder
     with as_input_error(ValueError):
         trainer = SALTTrainer(
             model=student,
@@ -265,26 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         # its traceback.
         print(f"salt-train: error: {err}", file=sys.stderr)
         return 2
-    _end_process_group()
-    if result["trainer"].stopped_by_sigterm:
-        step = result["trainer"].state.global_step
+    trainer = result.pop("trainer")
+    code = 0
+    if trainer.stopped_by_sigterm:
+        step = trainer.state.global_step
         logger.warning(
             f"salt-train: stopped by SIGTERM after step {step}, checkpoint-{step} saved; run the same command with "
             "--resume_from_checkpoint last to continue.",
             main_process_only=True,
         )
-        return SIGTERM_EXIT_CODE
-    return 0
-
-
-def _end_process_group() -> None:
-    """Under a multi-process launch, wait for every process and close the group: ZeRO-3 runs can otherwise abort at
-    interpreter exit while a process still holds a collective."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        code = SIGTERM_EXIT_CODE
+    del trainer, result
+    if dist.is_available() and dist.is_initialized():  # a multi-process launch: every process leaves together
+        exit_launched_process(code)
+    return code
 
 
 if __name__ == "__main__":
