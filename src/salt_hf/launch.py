@@ -40,10 +40,11 @@ def check_launch(args: SALTConfig, *, distils: bool) -> None:
     The checks that depend on the launch. `distils`: the run has a teacher (kd_weight > 0). Reading `args.world_size`
     sets up the process group where the launch asks for one, as `Trainer.__init__` would.
     """
-    if args.fsdp and not args.fsdp_config.get("xla", False) and args.world_size == 1:
+    # one launched process may run FSDP (one GPU, e.g. with CPU offload); without a launcher the Trainer cannot
+    if args.fsdp and not args.fsdp_config.get("xla", False) and not launched():
         raise ValueError(
-            f"fsdp shards the student across processes, but this run has one process: launch several ({LAUNCH_HINT}), "
-            "or drop --fsdp for a single-process run."
+            "fsdp shards the student across processes, but this run has one process and no launcher: launch it "
+            f"({LAUNCH_HINT}), or drop --fsdp for a single-process run."
         )
     if args.deepspeed and not launched():
         raise ValueError(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from common import leave_process_group, step_rows, student_model, teacher_model
+from common import exit_worker, step_rows, student_model, teacher_model
 from fixtures import one_sgd_step_config
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -93,7 +93,7 @@ def main() -> None:
     cli = parser.parse_args()
     for case in cli.case:
         run_case(case, Path(cli.out))
-    leave_process_group()
+    exit_worker()
 
 
 if __name__ == "__main__":
