@@ -5,6 +5,7 @@
     python benchmarks/paper_regime.py --corpus python --commit --only teachers,end
     python benchmarks/paper_regime.py --corpus python --cooldowns --commit   # point 0's cooldown branches
     python benchmarks/paper_regime.py --corpus python --summarise-only
+    python benchmarks/paper_regime.py --corpus python --step-cost       # step costs, on an otherwise idle machine
 
 The student (4 layers x 96, 0.47M parameters) trains 4,700 steps of 16 x 128 tokens: 9.6M tokens, 20.4 per
 parameter (1.59 epochs of the python corpus, 0.80 of prose). The teachers are smaller in width and depth: 3x80 (0.26M,
@@ -21,15 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import bench
 import kd_end
 import torch
 from bench import RESULTS, WORK, RunResult, RunSpec
+from paper_regime_plots import plot
 from regime_benchmark import commit as commit_files
-from regime_benchmark import corpus_name
+from regime_benchmark import corpus_name, wallclock_at_measured_cost
 
 ROOT = RESULTS / "paper_regime"
 STUDENT, STEPS = "4x96", 4700
@@ -200,7 +205,8 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
 def commit(paths: list, message: str) -> None:
     """Commits `paths` with the summary written anew from everything stored, so the two never disagree."""
     write_summary([c for c in OTHER if runs_dir(c).is_dir()])
-    commit_files([*paths, ROOT / "summary.json"], message)
+    plots = [plot_corpus(c) for c in OTHER if runs_dir(c).is_dir()]
+    commit_files([*paths, ROOT / "summary.json", *[p for p in plots if p]], message)
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -365,6 +371,56 @@ def probes(args) -> None:
         commit([path], f"paper regime ({args.corpus}): probes of {', '.join(todo)}")
 
 
+# ---- step costs for wall-clock-to-target (point 5) ------------------------------------------------------------------
+
+STEP_COST = ROOT / "step_cost.json"  # written by --step-cost
+
+
+def cost_pairs() -> dict[str, tuple[str, str]]:
+    """The (student, teacher) pairs whose step costs the summary needs: the main student with each teacher, and the
+    scale axis's pairs."""
+    pairs = {t: (STUDENT, size) for t, size in TEACHERS.items()}
+    return pairs | {f"scale_{n}": pair for n, pair in SCALES.items()}
+
+
+def measure_step_costs(steps: int = 40) -> None:
+    """step_cost.py for each pair: one thread, the suite's rows (16 x 128 tokens, 300-token vocabulary), the plain
+    Trainer step, SALT's KD step (teacher forward included) and its plain-stage step interleaved in one process;
+    random token ids (a step's cost does not depend on them). Run it on an otherwise idle machine."""
+    out = {}
+    for key, (student_size, teacher_size) in cost_pairs().items():
+        path = ROOT / f"step_cost_{key}.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("step_cost.py")), "--vocabs", "300", "--seq", "128"]
+        cmd += ["--tokens", str(bench.BATCH * 128), "--student", student_size, "--teacher", teacher_size]
+        cmd += ["--threads", "1", "--no-memory", "--steps", str(steps), "--out", str(path)]
+        subprocess.run(cmd, check=True)
+        out[key] = json.loads(path.read_text())[0]
+        path.unlink()
+    bench.write_json(STEP_COST, out, indent=2)
+
+
+def load_step_costs() -> dict:
+    return json.loads(STEP_COST.read_text()) if STEP_COST.is_file() else {}
+
+
+def wallclock(run: RunResult, reach: int | None, cost: dict | None, baseline_steps: int = STEPS) -> float | None:
+    """`reach` steps of `run` at the measured costs (KD steps with the teacher's forward, later steps on SALT's plain
+    path) over the baseline's steps at the plain Trainer step's cost; None before --step-cost ran."""
+    return wallclock_at_measured_cost(run, reach, baseline_steps, cost)
+
+
+def budget_wallclock(runs: dict[str, RunResult], seed: int, target: float, cost: dict | None) -> float | None:
+    """The budget form in wall-clock: each budget run's whole cost as a fraction of the baseline's, interpolated to
+    the target like `budget_to_target`."""
+    finals = {}
+    for b in BUDGETS:
+        run = runs.get(f"auto_budget_{b}_s{seed}")
+        wall = wallclock(run, run.spec.steps, cost) if run else None
+        if wall is not None:
+            finals[wall] = run.final_test_loss
+    return budget_to_target(finals, target) if finals else None
+
+
 # ---- summary over the stored runs (point 5) -------------------------------------------------------------------------
 
 
@@ -410,10 +466,19 @@ def summarise(corpus: str) -> dict:
     autos = {s: runs.get(AUTO_S0 if s == 0 else f"auto_s{s}") for s in (0, 1, 2)}
     seeds = [s for s, r in autos.items() if r is not None and s in bases]
     reach = [bench.first_step_at_or_below(autos[s].curve_step_test_dev, bases[s].final_test_loss) for s in seeds]
+    costs = load_step_costs()
+    out["step_costs_measured"] = sorted(costs)
     out["auto"] = {
         "runs": [AUTO_S0 if s == 0 else f"auto_s{s}" for s in seeds],
         "final_loss": bench.seed_stats([autos[s].final_test_loss for s in seeds]),
         "steps_to_target_ratio": bench.seed_stats([_frac(r) for r in reach], reached=True),
+        "wallclock_to_target_ratio": bench.seed_stats(
+            [wallclock(autos[s], r, costs.get("half")) for s, r in zip(seeds, reach, strict=True)], reached=True
+        ),
+        "budget_wallclock_to_target": bench.seed_stats(
+            [budget_wallclock(runs, s, bases[s].final_test_loss, costs.get("half")) for s in seeds], reached=True
+        ),
+        "budget_finals": {s: budget_finals(runs, s) for s in seeds if budget_finals(runs, s)},
         "budget_to_target": bench.seed_stats(
             [
                 budget_to_target(budget_finals(runs, s), bases[s].final_test_loss) if s in bases else None
@@ -434,11 +499,44 @@ def summarise(corpus: str) -> dict:
         for t, n in (("half", AUTO_S0), ("quarter", "auto_quarter"), ("eighth", "auto_eighth"))
         if n in runs and t in teachers
     ]
+    out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
     out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
     path = ROOT / corpus / "probes.json"
     probes_ = json.loads(path.read_text()) if path.is_file() else {}
     out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
     return out
+
+
+def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | None, costs: dict) -> list[dict]:
+    """Per student size (the main student is the 0.5M row): the baseline's and the automatic stop's final test loss,
+    the gain, steps- and wall-clock-to-target, and where the baseline passes its 1/2 teacher."""
+    sizes = {"0.5m": (base, auto0, runs.get("teacher_half"), "half")}
+    for n in SCALES:
+        sizes[n] = (runs.get(f"baseline_scale_{n}"), runs.get(f"auto_scale_{n}"), runs.get(f"teacher_scale_{n}"))
+        sizes[n] += (f"scale_{n}",)
+    rows = []
+    for name, (b, a, t, cost) in sizes.items():
+        if b is None or a is None or t is None:
+            continue
+        reach = bench.first_step_at_or_below(a.curve_step_test_dev, b.final_test_loss)
+        passes = bench.first_step_at_or_below(b.curve_step_test_dev, t.final_test_loss)
+        rows.append(
+            {
+                "student": name,
+                "student_params": b.params,
+                "teacher_params": t.params,
+                "steps": b.spec.steps,
+                "teacher_final_loss": t.final_test_loss,
+                "baseline_final_loss": b.final_test_loss,
+                "auto_final_loss": a.final_test_loss,
+                "gain_over_baseline": b.final_test_loss - a.final_test_loss,
+                "kd_steps": a.kd_steps,
+                "steps_to_target_ratio": None if reach is None else reach / b.spec.steps,
+                "wallclock_to_target_ratio": wallclock(a, reach, costs.get(cost), b.spec.steps),
+                "baseline_passes_teacher_at": None if passes is None else passes / b.spec.steps,
+            }
+        )
+    return sorted(rows, key=lambda r: r["student_params"])
 
 
 def budget_finals(runs: dict[str, RunResult], seed: int) -> dict[float, float]:
@@ -447,6 +545,16 @@ def budget_finals(runs: dict[str, RunResult], seed: int) -> dict[float, float]:
 
 def _frac(step: int | None) -> float | None:
     return None if step is None else step / STEPS
+
+
+def plot_corpus(corpus: str):
+    """results/paper_regime/<corpus>/curves.png from the stored runs and the summary; its path (None: nothing yet)."""
+    summary = json.loads((ROOT / "summary.json").read_text()).get(corpus, {})
+    if "baseline_final_loss" not in summary:
+        return None
+    path = ROOT / corpus / "curves.png"
+    plot(corpus, bench.load_runs(runs_dir(corpus)), summary, path)
+    return path
 
 
 def write_summary(corpora: list[str]) -> dict:
@@ -566,6 +674,7 @@ def parse_args():
     parser.add_argument("--probes", action="store_true", help="probe the stored runs' final models (point 4)")
     parser.add_argument("--end-report", action="store_true", help="write point 0's report (end.json) and print it")
     parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
+    parser.add_argument("--step-cost", action="store_true", help="measure the step costs (an otherwise idle machine)")
     return parser.parse_args()
 
 
@@ -573,7 +682,9 @@ def main():
     args = parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    if args.cooldowns:
+    if args.step_cost:
+        measure_step_costs()
+    elif args.cooldowns:
         cooldowns(args)
     elif args.probes:
         probes(args)
@@ -585,6 +696,8 @@ def main():
         train(args)
     print(f"done: {time.time() - t0:.0f}s", flush=True)
     write_summary([c for c in OTHER if runs_dir(c).is_dir()])
+    for corpus in OTHER:
+        plot_corpus(corpus)
     for p in sorted(runs_dir(args.corpus).glob("*.json")):
         r = RunResult.load(p)
         print(f"{r.spec.name}: final test {r.final_test_loss:.4f} dev {r.final_dev_loss:.4f} kd_steps {r.kd_steps}")
