@@ -10,7 +10,8 @@
 The student (4 layers x 96, 0.47M parameters) trains 4,700 steps of 16 x 128 tokens: 9.6M tokens, 20.4 per
 parameter (1.59 epochs of the python corpus, 0.80 of prose). The teachers are smaller in width and depth: 3x80 (0.26M,
 0.56 of the student: the paper's 1.5B / 2.8B is 0.54), 2x64 (0.12M, 0.25) and 2x44 (63k, 0.13), each trained on the
-same training text for the student's token budget, a finished model as in SALT.
+same training text for the student's token budget, a finished model as in SALT. The trained teachers are committed
+under results/regime/<corpus>/stored/teachers/paper_*, which `regime_benchmark.py --prepare` restores.
 
 Runs go `--parallel` at a time (one CPU thread each); each run's JSON is written to
 benchmarks/results/paper_regime/<corpus>/runs/ as it finishes (and committed with --commit); a rerun skips stored runs.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -221,6 +223,9 @@ def train_one(spec: RunSpec, corpus: str, threads: int):
     if spec.group == "teacher":
         save_to = bench.teacher_dir(name, "paper_" + spec.name.removeprefix("teacher_"))
         result = bench.train_run(spec, name, "cpu", WORK / name / "paper_runs" / spec.name, save_to, threads)
+        for f in stored_teacher_files(corpus, spec):  # committed, so that --prepare restores it on a fresh machine
+            f.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(save_to / f.name, f)
     else:
         teacher = bench.teacher_dir(name, spec.teacher) if spec.teacher else None
         _, _, evals = bench.load_corpus(name)
@@ -231,6 +236,15 @@ def train_one(spec: RunSpec, corpus: str, threads: int):
         save_to = None if spec.extra.get("save_strategy") == "steps" else run_dir / "final"  # for the probes
         result = bench.train_run(spec, name, "cpu", run_dir, save_to, threads, callbacks, kd_end.GradientProbe)
     result.save(runs_dir(corpus) / f"{spec.name}.json")
+
+
+def stored_teacher_files(corpus: str, spec: RunSpec) -> list[Path]:
+    """Where a teacher run's model is kept in the repository: regime_benchmark.py's stored teachers, which its
+    --prepare copies back into the work folder."""
+    if spec.group != "teacher":
+        return []
+    folder = RESULTS / "regime" / corpus / "stored" / "teachers" / ("paper_" + spec.name.removeprefix("teacher_"))
+    return [folder / f for f in ("config.json", "generation_config.json", "model.safetensors")]
 
 
 def resolve_teacher(spec: RunSpec) -> RunSpec:
@@ -256,6 +270,7 @@ def train(args) -> None:
         bench.in_workers(partial(train_one, corpus=args.corpus, threads=1), batch, len(batch))
         if args.commit:
             paths = [runs_dir(args.corpus) / f"{s.name}.json" for s in batch]
+            paths += [f for s in batch for f in stored_teacher_files(args.corpus, s)]
             commit(paths, f"paper regime ({args.corpus}): {', '.join(s.name for s in batch)}")
 
 
