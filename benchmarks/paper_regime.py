@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -462,6 +463,7 @@ def summarise(corpus: str) -> dict:
     if base is None:
         return out
     out["baseline_final_loss"] = bench.seed_stats([bases[s].final_test_loss for s in sorted(bases)])
+    out["seed_noise"] = seed_noise(list(bases.values()))
     out["teacher_final_loss"] = {
         t: {"params": r.params, "final_test_loss": r.final_test_loss} for t, r in teachers.items()
     }
@@ -493,6 +495,7 @@ def summarise(corpus: str) -> dict:
         "budget_wallclock_to_target": bench.seed_stats(
             [budget_wallclock(runs, s, bases[s].final_test_loss, costs.get("half")) for s in seeds], reached=True
         ),
+        "rise_after_end": bench.seed_stats([rise_after_end(autos[s]) for s in seeds]),
         "budget_finals": {s: budget_finals(runs, s) for s in seeds if budget_finals(runs, s)},
         "budget_to_target": bench.seed_stats(
             [
@@ -552,6 +555,25 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
             }
         )
     return sorted(rows, key=lambda r: r["student_params"])
+
+
+def rise_after_end(run: RunResult, window: int = 1000) -> float | None:
+    """How far the held-out test loss rose after the KD stage's end: the largest loss over the `window` steps after
+    it less the loss at the last evaluation before it (negative: it kept falling)."""
+    curve = run.curve_step_test_dev
+    before = [t for s, t, _ in curve if s <= run.kd_steps]
+    after = [t for s, t, _ in curve if run.kd_steps < s <= run.kd_steps + window]
+    return max(after) - before[-1] if before and after and run.kd_steps else None
+
+
+def seed_noise(bases: list[RunResult]) -> float | None:
+    """The baselines' spread across seeds: the standard deviation of their test loss at the same step, averaged over
+    the evaluations of the run's second half."""
+    if len(bases) < 2:
+        return None
+    curves = [{s: t for s, t, _ in b.curve_step_test_dev} for b in bases]
+    steps = [s for s in curves[0] if s >= STEPS // 2 and all(s in c for c in curves)]
+    return statistics.mean(statistics.stdev([c[s] for c in curves]) for s in steps)
 
 
 def budget_finals(runs: dict[str, RunResult], seed: int) -> dict[float, float]:

@@ -38,3 +38,42 @@ def test_summarise_only_reproduces_the_committed_summary():
     for corpus, summary in stored.items():
         # what `--summarise-only` writes, without writing it: the stored runs, branches and probes read back
         assert json.loads(json.dumps(paper_regime.summarise(corpus))) == summary
+
+
+def run_with(curve: list[tuple[int, float]], kd_steps: int) -> paper_regime.RunResult:
+    spec = paper_regime.RunSpec("r", model=paper_regime.STUDENT, steps=paper_regime.STEPS)
+    return paper_regime.RunResult(
+        spec=spec,
+        corpus="python",
+        device="cpu",
+        params=1,
+        kd_steps=kd_steps,
+        curve_step_test_dev=[[s, t, t] for s, t in curve],
+        final_test_loss=curve[-1][1],
+        final_dev_loss=curve[-1][1],
+        train_wall_s=0.0,
+        step_times_s=[],
+        median_kd_step_s=None,
+        median_plain_step_s=None,
+        train_log=[],
+    )
+
+
+def test_rise_after_the_kd_stage_end_against_the_last_evaluation_before_it():
+    curve = [(2300, 1.45), (2400, 1.47), (2500, 1.44), (3300, 1.50), (3400, 1.30)]
+    # the end at 2,350: the loss at 2,300 is the reference; within 1,000 steps the worst is 1.50 at 3,300
+    assert paper_regime.rise_after_end(run_with(curve, 2350)) == pytest.approx(0.05)
+    assert paper_regime.rise_after_end(run_with(curve, 2350), window=200) == pytest.approx(0.02)
+    falling = [(2300, 1.45), (2400, 1.44), (2500, 1.43)]
+    assert paper_regime.rise_after_end(run_with(falling, 2350)) == pytest.approx(-0.01)
+    assert paper_regime.rise_after_end(run_with(falling, 0)) is None  # no KD stage
+
+
+def test_seed_noise_is_the_spread_across_seeds_over_the_second_half():
+    half = paper_regime.STEPS // 2
+    a = run_with([(100, 9.0), (half, 1.0), (half + 100, 2.0)], 0)
+    b = run_with([(100, 1.0), (half, 1.2), (half + 100, 2.4)], 0)
+    # the first half's evaluation is left out; stdev of two values is |x - y| / sqrt(2)
+    expected = (0.2 / 2**0.5 + 0.4 / 2**0.5) / 2
+    assert paper_regime.seed_noise([a, b]) == pytest.approx(expected)
+    assert paper_regime.seed_noise([a]) is None
