@@ -149,6 +149,12 @@ def budget_runs(seeds: tuple[int, ...] = (0,), budgets=BUDGETS) -> list[RunSpec]
     return out
 
 
+def budget_baselines() -> list[RunSpec]:
+    """The plain run at the largest budget, its schedule fit to it: SALT's gain at an equal budget."""
+    b = max(BUDGETS)
+    return [student(f"baseline_budget_{b}_s0", teacher=None, steps=round(STEPS * b), group="budget")]
+
+
 def budget_seed_runs(corpus: str) -> list[RunSpec]:
     """Seeds 1 and 2 at the smallest budget whose seed-0 run reached the baseline's final test loss (0.8 if none);
     known once the seed-0 budgets and baseline ran."""
@@ -196,7 +202,7 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
         "end": end_runs(),
         "end_candidates": end_candidates(),
         "regime": regime_runs(),
-        "budget": budget_runs(),
+        "budget": budget_runs() + budget_baselines(),
         "budget_seeds": budget_seed_runs(corpus),
         "stacked": stacked_runs(),
     }
@@ -429,9 +435,8 @@ def budget_wallclock(runs: dict[str, RunResult], seed: int, target: float, cost:
     """The budget form in wall-clock: each budget run's whole cost as a fraction of the baseline's, interpolated to
     the target like `budget_to_target`."""
     finals = {}
-    for b in BUDGETS:
-        run = runs.get(f"auto_budget_{b}_s{seed}")
-        wall = wallclock(run, run.spec.steps, cost) if run else None
+    for run in budget_runs_of(runs, seed).values():
+        wall = wallclock(run, run.spec.steps, cost)
         if wall is not None:
             finals[wall] = run.final_test_loss
     return budget_to_target(finals, target) if finals else None
@@ -442,7 +447,7 @@ def budget_wallclock(runs: dict[str, RunResult], seed: int, target: float, cost:
 
 def budget_to_target(finals: dict[float, float], target: float) -> float | None:
     """The smallest budget fraction whose final test loss is at or below `target`, interpolated linearly between the
-    budgets run (1.0 stands for the baseline itself, at `target`); None when no budget below 1 reaches it."""
+    budgets run (the automatic stop's full-length run is the budget 1.0); None when none reaches it."""
     points = sorted(finals.items())
     if points and points[0][1] <= target:
         return points[0][0]  # the smallest budget run already reaches it: an upper bound
@@ -485,6 +490,7 @@ def summarise(corpus: str) -> dict:
     reach = [bench.first_step_at_or_below(autos[s].curve_step_test_dev, bases[s].final_test_loss) for s in seeds]
     costs = load_step_costs()
     out["step_costs_measured"] = sorted(costs)
+    budgeted = [s for s in seeds if budget_finals(runs, s)]  # the seeds whose budget runs ran
     out["auto"] = {
         "runs": [AUTO_S0 if s == 0 else f"auto_s{s}" for s in seeds],
         "final_loss": bench.seed_stats([autos[s].final_test_loss for s in seeds]),
@@ -492,17 +498,17 @@ def summarise(corpus: str) -> dict:
         "wallclock_to_target_ratio": bench.seed_stats(
             [wallclock(autos[s], r, costs.get("half")) for s, r in zip(seeds, reach, strict=True)], reached=True
         ),
+        "budget_seeds": budgeted,
         "budget_wallclock_to_target": bench.seed_stats(
-            [budget_wallclock(runs, s, bases[s].final_test_loss, costs.get("half")) for s in seeds], reached=True
+            [budget_wallclock(runs, s, bases[s].final_test_loss, costs.get("half")) for s in budgeted], reached=True
         ),
         "rise_after_end": bench.seed_stats([rise_after_end(autos[s]) for s in seeds]),
-        "budget_finals": {s: budget_finals(runs, s) for s in seeds if budget_finals(runs, s)},
+        "budget_finals": {s: budget_finals(runs, s) for s in budgeted},
+        "baseline_budget_finals": {
+            b: runs[f"baseline_budget_{b}_s0"].final_test_loss for b in BUDGETS if f"baseline_budget_{b}_s0" in runs
+        },
         "budget_to_target": bench.seed_stats(
-            [
-                budget_to_target(budget_finals(runs, s), bases[s].final_test_loss) if s in bases else None
-                for s in seeds
-            ],
-            reached=True,
+            [budget_to_target(budget_finals(runs, s), bases[s].final_test_loss) for s in budgeted], reached=True
         ),
     }
     out["fixed"] = {n: runs[n].final_test_loss for n in ("fixed_add_r0.2", "fixed_add_r0.4") if n in runs}
@@ -576,8 +582,16 @@ def seed_noise(bases: list[RunResult]) -> float | None:
     return statistics.mean(statistics.stdev([c[s] for c in curves]) for s in steps)
 
 
+def budget_runs_of(runs: dict[str, RunResult], seed: int) -> dict[float, RunResult]:
+    """The automatic stop's budget runs of `seed` by budget fraction, with its full-length run as the budget 1.0
+    (once a shortened one ran)."""
+    out = {b: runs[f"auto_budget_{b}_s{seed}"] for b in BUDGETS if f"auto_budget_{b}_s{seed}" in runs}
+    full = runs.get(AUTO_S0 if seed == 0 else f"auto_s{seed}")
+    return {**out, 1.0: full} if out and full else out
+
+
 def budget_finals(runs: dict[str, RunResult], seed: int) -> dict[float, float]:
-    return {b: runs[f"auto_budget_{b}_s{seed}"].final_test_loss for b in BUDGETS if f"auto_budget_{b}_s{seed}" in runs}
+    return {b: r.final_test_loss for b, r in budget_runs_of(runs, seed).items()}
 
 
 def _frac(step: int | None) -> float | None:

@@ -20,6 +20,8 @@ def test_budget_to_target_interpolates_between_the_budgets_run():
     assert paper_regime.budget_to_target({0.6: 1.5, 0.7: 1.40, 0.8: 1.30}, 1.32) == pytest.approx(0.78)
     assert paper_regime.budget_to_target({0.6: 1.31, 0.7: 1.30}, 1.32) == 0.6  # the smallest run already reaches it
     assert paper_regime.budget_to_target({0.6: 1.5, 0.8: 1.4}, 1.32) is None  # none reaches it
+    # 0.8 ends above the target, the full-length run (1.0) below it: 0.8 + 0.2 * 0.010 / 0.023
+    assert paper_regime.budget_to_target({0.8: 1.329, 1.0: 1.306}, 1.319) == pytest.approx(0.8 + 0.2 * 0.01 / 0.023)
 
 
 def test_cooldown_lead_in_steps_of_the_annealed_baseline():
