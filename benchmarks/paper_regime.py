@@ -511,7 +511,7 @@ def summarise(corpus: str) -> dict:
             [budget_to_target(budget_finals(runs, s), bases[s].final_test_loss) for s in budgeted], reached=True
         ),
     }
-    out["fixed"] = {n: runs[n].final_test_loss for n in ("fixed_add_r0.2", "fixed_add_r0.4") if n in runs}
+    out["fixed"] = {n: seed0_row(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
     out["teacher_axis"] = [
         {
             "teacher": t,
@@ -561,6 +561,20 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
             }
         )
     return sorted(rows, key=lambda r: r["student_params"])
+
+
+FIXED = ("fixed_add_r0.2", "fixed_add_r0.4", "fixed_r0.2")  # fixed n_KD: the additive mix, and the paper's at 20%
+
+
+def seed0_row(run: RunResult, base: RunResult, cost: dict | None) -> dict:
+    """A one-seed run against the seed-0 baseline: final loss, KD steps, steps- and wall-clock-to-target."""
+    reach = bench.first_step_at_or_below(run.curve_step_test_dev, base.final_test_loss)
+    return {
+        "final_test_loss": run.final_test_loss,
+        "kd_steps": run.kd_steps,
+        "steps_to_target_ratio": _frac(reach),
+        "wallclock_to_target_ratio": wallclock(run, reach, cost),
+    }
 
 
 def rise_after_end(run: RunResult, window: int = 1000) -> float | None:
