@@ -474,7 +474,24 @@ def summarise(corpus: str) -> dict:
     }
     kd_all = runs.get("kd_all")
     out["kd_all_final_loss"] = kd_all.final_test_loss if kd_all else None
-    out["regime"] = {
+    out["regime"] = regime(teachers, base, kd_all)
+    costs = load_step_costs()
+    out["step_costs_measured"] = sorted(costs)
+    out["auto"] = auto_block(runs, bases, costs)
+    out["fixed"] = {n: seed0_row(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
+    out["teacher_axis"] = teacher_axis(runs, teachers, base, costs)
+    out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
+    out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
+    path = ROOT / corpus / "probes.json"
+    probes_ = json.loads(path.read_text()) if path.is_file() else {}
+    out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
+    return out
+
+
+def regime(teachers: dict[str, RunResult], base: RunResult, kd_all: RunResult | None) -> dict:
+    """Per teacher: where the baseline passes its final test loss (fraction of the run); for the half teacher,
+    whether KD for the whole run ends above the baseline."""
+    return {
         t: {
             "baseline_passes_teacher_at": _frac(
                 bench.first_step_at_or_below(base.curve_step_test_dev, r.final_test_loss)
@@ -485,22 +502,26 @@ def summarise(corpus: str) -> dict:
         }
         for t, r in teachers.items()
     }
+
+
+def auto_block(runs: dict[str, RunResult], bases: dict[int, RunResult], costs: dict) -> dict:
+    """The automatic stop over its seeds: final loss, the curve form (steps and wall-clock to the seed's baseline's
+    final test loss), the rise after the KD stage's end, and the budget form."""
     autos = {s: runs.get(AUTO_S0 if s == 0 else f"auto_s{s}") for s in (0, 1, 2)}
     seeds = [s for s, r in autos.items() if r is not None and s in bases]
     reach = [bench.first_step_at_or_below(autos[s].curve_step_test_dev, bases[s].final_test_loss) for s in seeds]
-    costs = load_step_costs()
-    out["step_costs_measured"] = sorted(costs)
     budgeted = [s for s in seeds if budget_finals(runs, s)]  # the seeds whose budget runs ran
-    out["auto"] = {
+    cost = costs.get("half")
+    return {
         "runs": [AUTO_S0 if s == 0 else f"auto_s{s}" for s in seeds],
         "final_loss": bench.seed_stats([autos[s].final_test_loss for s in seeds]),
         "steps_to_target_ratio": bench.seed_stats([_frac(r) for r in reach], reached=True),
         "wallclock_to_target_ratio": bench.seed_stats(
-            [wallclock(autos[s], r, costs.get("half")) for s, r in zip(seeds, reach, strict=True)], reached=True
+            [wallclock(autos[s], r, cost) for s, r in zip(seeds, reach, strict=True)], reached=True
         ),
         "budget_seeds": budgeted,
         "budget_wallclock_to_target": bench.seed_stats(
-            [budget_wallclock(runs, s, bases[s].final_test_loss, costs.get("half")) for s in budgeted], reached=True
+            [budget_wallclock(runs, s, bases[s].final_test_loss, cost) for s in budgeted], reached=True
         ),
         "rise_after_end": bench.seed_stats([rise_after_end(autos[s]) for s in seeds]),
         "budget_finals": {s: budget_finals(runs, s) for s in budgeted},
@@ -511,24 +532,22 @@ def summarise(corpus: str) -> dict:
             [budget_to_target(budget_finals(runs, s), bases[s].final_test_loss) for s in budgeted], reached=True
         ),
     }
-    out["fixed"] = {n: seed0_row(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
-    out["teacher_axis"] = [
+
+
+def teacher_axis(runs: dict[str, RunResult], teachers: dict[str, RunResult], base: RunResult, costs: dict) -> list:
+    """The automatic stop with each teacher (seed 0): gain, steps- and wall-clock-to-target at that teacher's cost."""
+    return [
         {
             "teacher": t,
             "ratio": teachers[t].params / base.params,
             "teacher_final_loss": teachers[t].final_test_loss,
             "auto_final_loss": runs[n].final_test_loss,
             "gain_over_baseline": base.final_test_loss - runs[n].final_test_loss,
+            **seed0_row(runs[n], base, costs.get(t)),
         }
         for t, n in (("half", AUTO_S0), ("quarter", "auto_quarter"), ("eighth", "auto_eighth"))
         if n in runs and t in teachers
     ]
-    out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
-    out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
-    path = ROOT / corpus / "probes.json"
-    probes_ = json.loads(path.read_text()) if path.is_file() else {}
-    out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
-    return out
 
 
 def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | None, costs: dict) -> list[dict]:
