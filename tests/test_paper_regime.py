@@ -79,3 +79,14 @@ def test_seed_noise_is_the_spread_across_seeds_over_the_second_half():
     expected = (0.2 / 2**0.5 + 0.4 / 2**0.5) / 2
     assert paper_regime.seed_noise([a, b]) == pytest.approx(expected)
     assert paper_regime.seed_noise([a]) is None
+
+
+def test_the_figure_is_drawn_from_the_committed_runs(tmp_path):
+    summary_path = paper_regime.ROOT / "summary.json"
+    if not summary_path.is_file() or "python" not in json.loads(summary_path.read_text()):
+        pytest.skip("no paper-regime runs committed yet")
+    summary = json.loads(json.dumps(paper_regime.summarise("python")))
+    runs = paper_regime.bench.load_runs(paper_regime.runs_dir("python"))
+    path = tmp_path / "curves.png"
+    paper_regime.plot("python", runs, summary, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
