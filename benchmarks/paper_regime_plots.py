@@ -58,6 +58,11 @@ def budget(ax, runs: dict[str, RunResult], summary: dict) -> None:
     for seed, finals in (summary.get("auto", {}).get("budget_finals") or {}).items():
         points = sorted((float(b), loss) for b, loss in finals.items())
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"auto stop, seed {seed}")
+    plain = sorted(
+        (float(b), loss) for b, loss in (summary.get("auto", {}).get("baseline_budget_finals") or {}).items()
+    )
+    if plain:
+        ax.plot([p[0] for p in plain], [p[1] for p in plain], "kx", label="plain run of that length, seed 0")
     for i, loss in enumerate(summary.get("baseline_final_loss", {}).get("seeds", [])):
         ax.plot([1.0], [loss], "s", color=f"C{i}")
         ax.axhline(loss, color=f"C{i}", lw=0.8, ls=":")  # the target: the same seed's baseline at its full length
