@@ -12,6 +12,8 @@ import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -324,3 +326,32 @@ def invocation_figures(summary_path: Path, figures: dict, summarise_only: bool) 
         return figures
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return {k: previous[k] for k in figures if k in previous}
+
+
+def measure_step_costs(pairs: dict[str, tuple[str, str]], out: Path, vocab: int, seq: int, steps: int = 40) -> dict:
+    """step_cost.py for each (student, teacher) pair: one thread, BATCH rows of `seq` tokens, the plain Trainer step,
+    SALT's KD step (teacher forward included) and its plain-stage step interleaved in one process; random token ids
+    (a step's cost does not depend on them). Writes {key: step_cost.py's row} to `out`. Run it on an idle machine."""
+    rows = {}
+    for key, (student, teacher) in pairs.items():
+        path = out.with_name(f"{out.stem}_{key}.json")
+        cmd = [
+            sys.executable,
+            str(Path(__file__).with_name("step_cost.py")),
+            "--vocabs",
+            str(vocab),
+            "--seq",
+            str(seq),
+        ]
+        cmd += ["--tokens", str(BATCH * seq), "--student", student, "--teacher", teacher]
+        cmd += ["--threads", "1", "--no-memory", "--steps", str(steps), "--out", str(path)]
+        subprocess.run(cmd, check=True)
+        rows[key] = json.loads(path.read_text())[0]
+        path.unlink()
+    write_json(out, rows, indent=2)
+    return rows
+
+
+def load_step_costs(path: Path) -> dict:
+    """The rows `measure_step_costs` wrote to `path` (an empty dict before it ran)."""
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -25,8 +25,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -405,24 +403,9 @@ def cost_pairs() -> dict[str, tuple[str, str]]:
     return pairs | {f"scale_{n}": pair for n, pair in SCALES.items()}
 
 
-def measure_step_costs(steps: int = 40) -> None:
-    """step_cost.py for each pair: one thread, the suite's rows (16 x 128 tokens, 300-token vocabulary), the plain
-    Trainer step, SALT's KD step (teacher forward included) and its plain-stage step interleaved in one process;
-    random token ids (a step's cost does not depend on them). Run it on an otherwise idle machine."""
-    out = {}
-    for key, (student_size, teacher_size) in cost_pairs().items():
-        path = ROOT / f"step_cost_{key}.json"
-        cmd = [sys.executable, str(Path(__file__).with_name("step_cost.py")), "--vocabs", "300", "--seq", "128"]
-        cmd += ["--tokens", str(bench.BATCH * 128), "--student", student_size, "--teacher", teacher_size]
-        cmd += ["--threads", "1", "--no-memory", "--steps", str(steps), "--out", str(path)]
-        subprocess.run(cmd, check=True)
-        out[key] = json.loads(path.read_text())[0]
-        path.unlink()
-    bench.write_json(STEP_COST, out, indent=2)
-
-
-def load_step_costs() -> dict:
-    return json.loads(STEP_COST.read_text()) if STEP_COST.is_file() else {}
+def measure_step_costs() -> None:
+    """Each pair with the suite's rows (16 x 128 tokens, 300-token vocabulary): bench.measure_step_costs."""
+    bench.measure_step_costs(cost_pairs(), STEP_COST, vocab=300, seq=128)
 
 
 def wallclock(run: RunResult, reach: int | None, cost: dict | None, baseline_steps: int = STEPS) -> float | None:
@@ -475,7 +458,7 @@ def summarise(corpus: str) -> dict:
     kd_all = runs.get("kd_all")
     out["kd_all_final_loss"] = kd_all.final_test_loss if kd_all else None
     out["regime"] = regime(teachers, base, kd_all)
-    costs = load_step_costs()
+    costs = bench.load_step_costs(STEP_COST)
     out["step_costs_measured"] = sorted(costs)
     out["auto"] = auto_block(runs, bases, costs)
     out["fixed"] = {n: seed0_row(runs[n], base, costs.get("half")) for n in FIXED if n in runs}

@@ -257,24 +257,9 @@ def wallclock_at_measured_cost(r: RunResult, reach: int | None, baseline_steps: 
     return (kd_steps * t_kd + (reach - kd_steps) * t_after + scoring) / (baseline_steps * t_plain)
 
 
-def load_step_costs() -> dict:
-    """Per teacher, the row step_cost.py measured for it (an empty dict before --step-cost ran)."""
-    return json.loads(STEP_COST.read_text()) if STEP_COST.is_file() else {}
-
-
-def measure_step_costs(steps: int = 40) -> None:
-    """step_cost.py on the suite's student with each teacher, one thread, real row length and batch; random
-    token ids (a step's cost does not depend on them). Run on an otherwise idle machine."""
-    out = {}
-    for t, size in TEACHERS.items():
-        path = ROOT / f"step_cost_{t}.json"
-        cmd = [sys.executable, str(Path(__file__).with_name("step_cost.py")), "--vocabs", str(VOCAB)]
-        cmd += ["--tokens", str(bench.BATCH * SEQ), "--seq", str(SEQ), "--student", STUDENT, "--teacher", size]
-        cmd += ["--threads", "1", "--no-memory", "--steps", str(steps), "--out", str(path)]
-        subprocess.run(cmd, check=True)
-        out[t] = json.loads(path.read_text())[0]
-        path.unlink()
-    bench.write_json(STEP_COST, out, indent=2)
+def measure_step_costs() -> None:
+    """The suite's student with each teacher, the real row length and batch (bench.measure_step_costs)."""
+    bench.measure_step_costs({t: (STUDENT, size) for t, size in TEACHERS.items()}, STEP_COST, VOCAB, SEQ)
 
 
 def stats_block(names: list[str], rows: dict) -> dict:
@@ -320,7 +305,7 @@ def summarise(corpus: str) -> dict:
     runs = bench.load_runs(runs_dir(corpus))
     teachers = {n.removeprefix("teacher_"): r for n, r in runs.items() if r.spec.group == "teacher"}
     base = {r.spec.seed: r for r in runs.values() if r.spec.group == "baseline"}
-    costs = load_step_costs()
+    costs = bench.load_step_costs(STEP_COST)
     rows = {
         n: run_row(r, base[r.spec.seed], teachers, costs)
         for n, r in runs.items()
