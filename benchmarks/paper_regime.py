@@ -210,10 +210,15 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
 
 
 def commit(paths: list, message: str) -> None:
-    """Commits `paths` with the summary written anew from everything stored, so the two never disagree."""
-    write_summary([c for c in OTHER if runs_dir(c).is_dir()])
-    plots = [plot_corpus(c) for c in OTHER if runs_dir(c).is_dir()]
-    commit_files([*paths, ROOT / "summary.json", *[p for p in plots if p]], message)
+    """Commits `paths` with the summary and figures written anew from everything stored, so they never disagree."""
+    commit_files([*paths, *write_outputs()], message)
+
+
+def write_outputs() -> list:
+    """summary.json and each corpus's curves.png from the stored runs; their paths."""
+    corpora = [c for c in OTHER if runs_dir(c).is_dir()]
+    write_summary(corpora)
+    return [ROOT / "summary.json", *[p for p in map(plot_corpus, corpora) if p]]
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -461,7 +466,7 @@ def summarise(corpus: str) -> dict:
     costs = bench.load_step_costs(STEP_COST)
     out["step_costs_measured"] = sorted(costs)
     out["auto"] = auto_block(runs, bases, costs)
-    out["fixed"] = {n: seed0_row(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
+    out["fixed"] = {n: against_baseline(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
     out["teacher_axis"] = teacher_axis(runs, teachers, base, costs)
     out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
     out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
@@ -524,9 +529,8 @@ def teacher_axis(runs: dict[str, RunResult], teachers: dict[str, RunResult], bas
             "teacher": t,
             "ratio": teachers[t].params / base.params,
             "teacher_final_loss": teachers[t].final_test_loss,
-            "auto_final_loss": runs[n].final_test_loss,
             "gain_over_baseline": base.final_test_loss - runs[n].final_test_loss,
-            **seed0_row(runs[n], base, costs.get(t)),
+            **against_baseline(runs[n], base, costs.get(t)),
         }
         for t, n in (("half", AUTO_S0), ("quarter", "auto_quarter"), ("eighth", "auto_eighth"))
         if n in runs and t in teachers
@@ -544,7 +548,6 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
     for name, (b, a, t, cost) in sizes.items():
         if b is None or a is None or t is None:
             continue
-        reach = bench.first_step_at_or_below(a.curve_step_test_dev, b.final_test_loss)
         passes = bench.first_step_at_or_below(b.curve_step_test_dev, t.final_test_loss)
         rows.append(
             {
@@ -554,11 +557,8 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
                 "steps": b.spec.steps,
                 "teacher_final_loss": t.final_test_loss,
                 "baseline_final_loss": b.final_test_loss,
-                "auto_final_loss": a.final_test_loss,
                 "gain_over_baseline": b.final_test_loss - a.final_test_loss,
-                "kd_steps": a.kd_steps,
-                "steps_to_target_ratio": None if reach is None else reach / b.spec.steps,
-                "wallclock_to_target_ratio": wallclock(a, reach, costs.get(cost), b.spec.steps),
+                **against_baseline(a, b, costs.get(cost)),
                 "baseline_passes_teacher_at": None if passes is None else passes / b.spec.steps,
             }
         )
@@ -568,14 +568,15 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
 FIXED = ("fixed_add_r0.2", "fixed_add_r0.4", "fixed_r0.2")  # fixed n_KD: the additive mix, and the paper's at 20%
 
 
-def seed0_row(run: RunResult, base: RunResult, cost: dict | None) -> dict:
-    """A one-seed run against the seed-0 baseline: final loss, KD steps, steps- and wall-clock-to-target."""
+def against_baseline(run: RunResult, base: RunResult, cost: dict | None) -> dict:
+    """A one-seed run against its baseline: final loss, KD steps, steps- and wall-clock-to-target (fractions of the
+    baseline's steps and time)."""
     reach = bench.first_step_at_or_below(run.curve_step_test_dev, base.final_test_loss)
     return {
         "final_test_loss": run.final_test_loss,
         "kd_steps": run.kd_steps,
-        "steps_to_target_ratio": _frac(reach),
-        "wallclock_to_target_ratio": wallclock(run, reach, cost),
+        "steps_to_target_ratio": None if reach is None else reach / base.spec.steps,
+        "wallclock_to_target_ratio": wallclock(run, reach, cost, base.spec.steps),
     }
 
 
@@ -762,9 +763,7 @@ def main():
     elif not args.summarise_only:
         train(args)
     print(f"done: {time.time() - t0:.0f}s", flush=True)
-    write_summary([c for c in OTHER if runs_dir(c).is_dir()])
-    for corpus in OTHER:
-        plot_corpus(corpus)
+    write_outputs()
     for p in sorted(runs_dir(args.corpus).glob("*.json")):
         r = RunResult.load(p)
         print(f"{r.spec.name}: final test {r.final_test_loss:.4f} dev {r.final_dev_loss:.4f} kd_steps {r.kd_steps}")
