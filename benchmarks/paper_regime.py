@@ -165,6 +165,15 @@ def budget_seed_runs(corpus: str) -> list[RunSpec]:
     return budget_runs((1, 2), (min(reached) if reached else max(BUDGETS),))
 
 
+def ceiling_runs() -> list[RunSpec]:
+    """KD for the whole run with the 1/4 and 1/8 teachers, with checkpoints: their cooldown branches give the head
+    start's ceiling per teacher ratio."""
+    return [
+        with_checkpoints(student(f"kd_all_{t}", teacher=t, kd_ratio=1.0, group="kd_all"))
+        for t in ("quarter", "eighth")
+    ]
+
+
 def stacked_runs() -> list[RunSpec]:
     base = student("baseline_stacked", teacher=None, extra=stacked(STEPS))
     runs = [base]
@@ -203,6 +212,7 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
         "budget": budget_runs() + budget_baselines(),
         "budget_seeds": budget_seed_runs(corpus),
         "stacked": stacked_runs(),
+        "ceilings": ceiling_runs(),
     }
     if corpus == "python":
         groups["scale"] = scale_runs()
@@ -287,11 +297,14 @@ def train(args) -> None:
 # ---- cooldown branches (point 0) ------------------------------------------------------------------------------------
 
 
+CEILING_RUNS = {"half": "kd_all", "quarter": "kd_all_quarter", "eighth": "kd_all_eighth"}  # KD all run, per teacher
+
+
 def branches() -> list[tuple[str, int, str]]:
-    """(run, step, mode): plain = NLL only, kd = KD continued at w; off the baseline and KD-for-the-whole-run."""
+    """(run, step, mode): plain = NLL only, kd = KD continued at w; off the baseline and each KD-for-the-whole-run."""
     out = []
     for step in range(SAVE_EVERY, STEPS // 2 + SAVE_EVERY + 1, SAVE_EVERY):  # 10% .. 60% of the run
-        out += [("baseline_s0", step, "plain"), ("kd_all", step, "plain")]
+        out += [("baseline_s0", step, "plain"), *((run, step, "plain") for run in CEILING_RUNS.values())]
     # KD going on through the cooldown, at two points (what an end at the LR's decay would keep)
     return out + [("kd_all", step, "kd") for step in (2 * SAVE_EVERY, 5 * SAVE_EVERY)]
 
@@ -470,6 +483,9 @@ def summarise(corpus: str) -> dict:
     out["teacher_axis"] = teacher_axis(runs, teachers, base, costs)
     out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
     out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
+    out["head_start_ceiling_by_teacher"] = {
+        t: head_start(corpus, kd_run=r)["head_start_ceiling"] for t, r in CEILING_RUNS.items()
+    }
     path = ROOT / corpus / "probes.json"
     probes_ = json.loads(path.read_text()) if path.is_file() else {}
     out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
@@ -646,11 +662,11 @@ def interpolate_step(curve: list[tuple[int, float]], loss: float) -> float | Non
     return None
 
 
-def head_start(corpus: str, col: str = "test") -> dict:
-    """From the cooldown branches: at each branch step, the annealed loss of the baseline, of KD-for-the-whole-run
-    annealed plainly and with KD going on, the annealed lead (nats) and that lead in steps of the annealed baseline
-    (the ceiling of what any end of the KD stage can keep); `head_start_ceiling` is the largest, as a fraction of
-    the run."""
+def head_start(corpus: str, col: str = "test", kd_run: str = "kd_all") -> dict:
+    """From the cooldown branches: at each branch step, the annealed loss of the baseline, of KD for the whole run
+    (`kd_run`: one per teacher, CEILING_RUNS) annealed plainly and with KD going on, the annealed lead (nats) and
+    that lead in steps of the annealed baseline (the ceiling of what any end of the KD stage can keep);
+    `head_start_ceiling` is the largest, as a fraction of the run."""
     path = ROOT / corpus / "cooldowns.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
     at = {(r["run"], r["step"], r["mode"]): r[col] for r in rows}
@@ -659,7 +675,7 @@ def head_start(corpus: str, col: str = "test") -> dict:
     for step, base_loss in base:
         row = {"step": step, "baseline": base_loss}
         for mode in ("plain", "kd"):
-            loss = at.get(("kd_all", step, mode))
+            loss = at.get((kd_run, step, mode))
             if loss is None:
                 continue
             reached = interpolate_step(base, loss)
