@@ -165,6 +165,13 @@ def budget_seed_runs(corpus: str) -> list[RunSpec]:
     return budget_runs((1, 2), (min(reached) if reached else max(BUDGETS),))
 
 
+def fixed_seed_runs() -> list[RunSpec]:
+    """The additive mix with n_KD fixed at 20% (where the head start peaks) on seeds 1 and 2: beside the automatic
+    stop's 50% on the same seeds, where the KD stage should end."""
+    extra = dict(CHOSEN_END)
+    return [student(f"fixed_add_r0.2_s{s}", seed=s, kd_ratio=0.2, group="fixed", extra=extra) for s in (1, 2)]
+
+
 def ceiling_runs() -> list[RunSpec]:
     """KD for the whole run with the 1/4 and 1/8 teachers, with checkpoints: their cooldown branches give the head
     start's ceiling per teacher ratio."""
@@ -213,6 +220,7 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
         "budget_seeds": budget_seed_runs(corpus),
         "stacked": stacked_runs(),
         "ceilings": ceiling_runs(),
+        "fixed_seeds": fixed_seed_runs(),
     }
     if corpus == "python":
         groups["scale"] = scale_runs()
@@ -480,6 +488,7 @@ def summarise(corpus: str) -> dict:
     out["step_costs_measured"] = sorted(costs)
     out["auto"] = auto_block(runs, bases, costs)
     out["fixed"] = {n: against_baseline(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
+    out["fixed_0.2_seeds"] = fixed_seeds_block(runs, bases)
     out["teacher_axis"] = teacher_axis(runs, teachers, base, costs)
     out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
     out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
@@ -593,6 +602,18 @@ def against_baseline(run: RunResult, base: RunResult, cost: dict | None) -> dict
         "kd_steps": run.kd_steps,
         "steps_to_target_ratio": None if reach is None else reach / base.spec.steps,
         "wallclock_to_target_ratio": wallclock(run, reach, cost, base.spec.steps),
+    }
+
+
+def fixed_seeds_block(runs: dict[str, RunResult], bases: dict[int, RunResult]) -> dict:
+    """n_KD fixed at 20% (additive mix) per seed beside the automatic stop: final loss and gain over the seed's
+    baseline, for the seeds where both ran."""
+    fixed = {s: runs.get("fixed_add_r0.2" if s == 0 else f"fixed_add_r0.2_s{s}") for s in bases}
+    seeds = sorted(s for s, r in fixed.items() if r is not None)
+    return {
+        "seeds": seeds,
+        "final_loss": bench.seed_stats([fixed[s].final_test_loss for s in seeds]),
+        "gain_over_baseline": bench.seed_stats([bases[s].final_test_loss - fixed[s].final_test_loss for s in seeds]),
     }
 
 
