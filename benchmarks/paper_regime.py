@@ -491,10 +491,8 @@ def summarise(corpus: str) -> dict:
     out["fixed_0.2_seeds"] = fixed_seeds_block(runs, bases)
     out["teacher_axis"] = teacher_axis(runs, teachers, base, costs)
     out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
-    out["head_start_ceiling"] = head_start(corpus)["head_start_ceiling"]
-    out["head_start_ceiling_by_teacher"] = {
-        t: head_start(corpus, kd_run=r)["head_start_ceiling"] for t, r in CEILING_RUNS.items()
-    }
+    by_teacher = {t: head_start(corpus, kd_run=r)["head_start_ceiling"] for t, r in CEILING_RUNS.items()}
+    out["head_start_ceiling"], out["head_start_ceiling_by_teacher"] = by_teacher["half"], by_teacher
     path = ROOT / corpus / "probes.json"
     probes_ = json.loads(path.read_text()) if path.is_file() else {}
     out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
