@@ -90,3 +90,29 @@ def test_the_figure_is_drawn_from_the_committed_runs(tmp_path):
     path = tmp_path / "curves.png"
     paper_regime.plot("python", runs, summary, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_fixed_seeds_block_pairs_each_fixed_run_with_its_seeds_baseline():
+    bases = {s: run_with([(100, loss)], 0) for s, loss in ((0, 1.30), (1, 1.28), (2, 1.32))}
+    runs = {"fixed_add_r0.2": run_with([(100, 1.29)], 940), "fixed_add_r0.2_s2": run_with([(100, 1.35)], 940)}
+    block = paper_regime.fixed_seeds_block(runs, bases)
+    assert block["seeds"] == [0, 2]  # seed 1 has no fixed run
+    assert block["final_loss"]["seeds"] == [1.29, 1.35]
+    assert block["gain_over_baseline"]["seeds"] == pytest.approx([0.01, -0.03])
+
+
+def test_head_start_reads_the_named_teachers_kd_all_branches(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper_regime, "ROOT", tmp_path)
+    (tmp_path / "prose").mkdir()
+    rows = [
+        {"run": "baseline_s0", "step": 470, "mode": "plain", "test": 2.0},
+        {"run": "baseline_s0", "step": 940, "mode": "plain", "test": 1.8},
+        {"run": "kd_all", "step": 470, "mode": "plain", "test": 1.9},  # halfway to the 940 branch: 235 steps ahead
+        {"run": "kd_all_quarter", "step": 470, "mode": "plain", "test": 1.95},  # a quarter of the way: 117.5
+    ]
+    (tmp_path / "prose" / "cooldowns.json").write_text(json.dumps(rows))
+    half = paper_regime.head_start("prose")
+    quarter = paper_regime.head_start("prose", kd_run="kd_all_quarter")
+    assert half["head_start_ceiling"] == pytest.approx(235 / paper_regime.STEPS)
+    assert quarter["head_start_ceiling"] == pytest.approx(117.5 / paper_regime.STEPS)
+    assert paper_regime.head_start("prose", kd_run="kd_all_eighth")["head_start_ceiling"] is None  # not run
