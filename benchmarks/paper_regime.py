@@ -181,12 +181,19 @@ def ceiling_runs() -> list[RunSpec]:
     ]
 
 
+STACKED_BUDGETS = (0.7, 0.8, 1.0)  # the stacked comparison's budgets (1.0: the full-length run)
+
+
+def stacked_name(budget: float) -> str:
+    return "auto_stacked" if budget == 1.0 else f"auto_stacked_budget_{budget}"
+
+
 def stacked_runs() -> list[RunSpec]:
     base = student("baseline_stacked", teacher=None, extra=stacked(STEPS))
     runs = [base]
-    for b in (0.7, 0.8):
+    for b in STACKED_BUDGETS:
         steps = round(STEPS * b)
-        spec = auto(f"auto_stacked_budget_{b}", steps=steps, extra=stacked(steps))
+        spec = auto(stacked_name(b), steps=steps, extra=stacked(steps))
         spec.group = "stacked"
         runs.append(spec)
     return runs
@@ -197,6 +204,8 @@ def scale_steps(model: str) -> int:
 
 
 def scale_runs() -> list[RunSpec]:
+    """Per scale: the 1/2 teacher, the baseline, the automatic stop, and the automatic stop on the largest budget
+    (its schedule fit to 0.8 of the steps, evaluated on the full run's grid): the budget form against size."""
     runs = []
     for name, (model, teacher) in SCALES.items():
         steps = scale_steps(model)
@@ -206,7 +215,9 @@ def scale_runs() -> list[RunSpec]:
         end = dict(CHOSEN_END)
         schedule = end.pop("kd_schedule", "step")
         extra = {**every, "kd_steps": "auto", **end}
-        runs.append(RunSpec(f"auto_scale_{name}", model, steps, 0, f"scale_{name}", W, None, schedule, "scale", extra))
+        for run, n in ((f"auto_scale_{name}", steps), (f"auto_scale_{name}_budget_{max(BUDGETS)}", None)):
+            n = n or round(steps * max(BUDGETS))
+            runs.append(RunSpec(run, model, n, 0, f"scale_{name}", W, None, schedule, "scale", extra))
     return runs
 
 
@@ -490,6 +501,7 @@ def summarise(corpus: str) -> dict:
     out["fixed"] = {n: against_baseline(runs[n], base, costs.get("half")) for n in FIXED if n in runs}
     out["fixed_0.2_seeds"] = fixed_seeds_block(runs, bases)
     out["teacher_axis"] = teacher_axis(runs, teachers, base, costs)
+    out["stacked"] = stacked_block(runs, base, costs.get("half"))
     out["scale_axis"] = scale_axis(runs, base, runs.get(AUTO_S0), costs)
     by_teacher = {t: head_start(corpus, kd_run=r)["head_start_ceiling"] for t, r in CEILING_RUNS.items()}
     out["head_start_ceiling"], out["head_start_ceiling_by_teacher"] = by_teacher["half"], by_teacher
@@ -563,12 +575,13 @@ def teacher_axis(runs: dict[str, RunResult], teachers: dict[str, RunResult], bas
 def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | None, costs: dict) -> list[dict]:
     """Per student size (the main student is the 0.5M row): the baseline's and the automatic stop's final test loss,
     the gain, steps- and wall-clock-to-target, and where the baseline passes its 1/2 teacher."""
-    sizes = {"0.5m": (base, auto0, runs.get("teacher_half"), "half")}
+    top = max(BUDGETS)
+    sizes = {"0.5m": (base, auto0, runs.get("teacher_half"), "half", runs.get(f"auto_budget_{top}_s0"))}
     for n in SCALES:
         sizes[n] = (runs.get(f"baseline_scale_{n}"), runs.get(f"auto_scale_{n}"), runs.get(f"teacher_scale_{n}"))
-        sizes[n] += (f"scale_{n}",)
+        sizes[n] += (f"scale_{n}", runs.get(f"auto_scale_{n}_budget_{top}"))
     rows = []
-    for name, (b, a, t, cost) in sizes.items():
+    for name, (b, a, t, cost, shortened) in sizes.items():
         if b is None or a is None or t is None:
             continue
         passes = bench.first_step_at_or_below(b.curve_step_test_dev, t.final_test_loss)
@@ -583,9 +596,25 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
                 "gain_over_baseline": b.final_test_loss - a.final_test_loss,
                 **against_baseline(a, b, costs.get(cost)),
                 "baseline_passes_teacher_at": None if passes is None else passes / b.spec.steps,
+                **scale_budget(shortened, a, b, costs.get(cost)),
             }
         )
     return sorted(rows, key=lambda r: r["student_params"])
+
+
+def scale_budget(short: RunResult | None, full: RunResult, base: RunResult, cost: dict | None) -> dict:
+    """The budget form at one scale (seed 0): the automatic stop's run on the largest budget and its full-length
+    run as the budget 1.0, against the baseline's final test loss."""
+    if short is None:
+        return {}
+    b = short.spec.steps / base.spec.steps
+    target = base.final_test_loss
+    walls = {wallclock(r, r.spec.steps, cost, base.spec.steps): r.final_test_loss for r in (short, full)}
+    return {
+        f"budget_{max(BUDGETS)}_final_loss": short.final_test_loss,
+        "budget_to_target": budget_to_target({b: short.final_test_loss, 1.0: full.final_test_loss}, target),
+        "budget_wallclock_to_target": None if None in walls else budget_to_target(walls, target),
+    }
 
 
 FIXED = ("fixed_add_r0.2", "fixed_add_r0.4", "fixed_r0.2")  # fixed n_KD: the additive mix, and the paper's at 20%
@@ -600,6 +629,26 @@ def against_baseline(run: RunResult, base: RunResult, cost: dict | None) -> dict
         "kd_steps": run.kd_steps,
         "steps_to_target_ratio": None if reach is None else reach / base.spec.steps,
         "wallclock_to_target_ratio": wallclock(run, reach, cost, base.spec.steps),
+    }
+
+
+def stacked_block(runs: dict[str, RunResult], plain: RunResult, cost: dict | None) -> dict:
+    """The budget form with the speed-ups on both arms (seed 0): the automatic stop's budgets against the stacked
+    baseline's final test loss, so the figure is SALT's own share; the speed-ups' own gain over the plain baseline
+    beside it. The wall-clock weighs steps at the full rows' measured costs (both arms' first fifth is cheaper)."""
+    base = runs.get("baseline_stacked")
+    if base is None:
+        return {}
+    stored = {b: runs[stacked_name(b)] for b in STACKED_BUDGETS if stacked_name(b) in runs}
+    finals = {b: r.final_test_loss for b, r in stored.items()}
+    walls = {wallclock(r, r.spec.steps, cost): r.final_test_loss for r in stored.values()}
+    return {
+        "baseline_final_loss": base.final_test_loss,
+        "speedups_gain_over_plain_baseline": plain.final_test_loss - base.final_test_loss,
+        "budget_finals": finals,
+        "kd_steps": {b: r.kd_steps for b, r in stored.items()},
+        "budget_to_target": budget_to_target(finals, base.final_test_loss),
+        "budget_wallclock_to_target": None if None in walls else budget_to_target(walls, base.final_test_loss),
     }
 
 

@@ -116,3 +116,34 @@ def test_head_start_reads_the_named_teachers_kd_all_branches(tmp_path, monkeypat
     assert half["head_start_ceiling"] == pytest.approx(235 / paper_regime.STEPS)
     assert quarter["head_start_ceiling"] == pytest.approx(117.5 / paper_regime.STEPS)
     assert paper_regime.head_start("prose", kd_run="kd_all_eighth")["head_start_ceiling"] is None  # not run
+
+
+def with_steps(run: paper_regime.RunResult, steps: int) -> paper_regime.RunResult:
+    run.spec.steps = steps
+    return run
+
+
+def test_scale_budget_interpolates_between_the_shortened_and_the_full_run():
+    base = with_steps(run_with([(1000, 1.50)], 0), 1000)
+    short = with_steps(run_with([(800, 1.56)], 300), 800)  # the 0.8 budget ends 0.06 above the target
+    full = with_steps(run_with([(1000, 1.48)], 300), 1000)  # the full run 0.02 below it: 3/4 of the way to 1.0
+    row = paper_regime.scale_budget(short, full, base, None)
+    assert row["budget_0.8_final_loss"] == 1.56
+    assert row["budget_to_target"] == pytest.approx(0.8 + 0.2 * 0.06 / 0.08)
+    assert row["budget_wallclock_to_target"] is None  # no step costs measured
+    assert paper_regime.scale_budget(None, full, base, None) == {}  # no shortened run yet
+
+
+def test_stacked_block_measures_salt_against_the_stacked_baseline():
+    plain = run_with([(100, 1.32)], 0)
+    runs = {
+        "baseline_stacked": run_with([(100, 1.30)], 0),  # the speed-ups alone gain 0.02 over the plain baseline
+        "auto_stacked_budget_0.7": run_with([(100, 1.33)], 900),
+        "auto_stacked_budget_0.8": run_with([(100, 1.29)], 900),  # reaches 1.30: 3/4 of the way from 0.7
+    }
+    block = paper_regime.stacked_block(runs, plain, None)
+    assert block["speedups_gain_over_plain_baseline"] == pytest.approx(0.02)
+    assert block["budget_finals"] == {0.7: 1.33, 0.8: 1.29}
+    assert block["budget_to_target"] == pytest.approx(0.7 + 0.1 * 0.03 / 0.04)
+    assert block["budget_wallclock_to_target"] is None
+    assert paper_regime.stacked_block({}, plain, None) == {}  # the stacked baseline not run yet
