@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import time
@@ -482,7 +483,7 @@ def summarise(corpus: str) -> dict:
     teachers = {
         n.removeprefix("teacher_"): r for n, r in runs.items() if n.startswith("teacher_") and "scale" not in n
     }
-    bases = {r.spec.seed: r for n, r in runs.items() if n.startswith("baseline_s")}
+    bases = seed_baselines(runs)
     base = bases.get(0)
     out: dict = {"corpus": corpus, "steps": STEPS, "student": STUDENT, "runs": sorted(runs)}
     if base is None:
@@ -509,6 +510,11 @@ def summarise(corpus: str) -> dict:
     probes_ = json.loads(path.read_text()) if path.is_file() else {}
     out["icl"] = [{"run": n, **{k: v for k, v in p.items()}} for n, p in sorted(probes_.items())]
     return out
+
+
+def seed_baselines(runs: dict[str, RunResult]) -> dict[int, RunResult]:
+    """The main student's baselines by seed (baseline_s0, _s1, ...), not the scale axis's or the stacked one."""
+    return {r.spec.seed: r for n, r in runs.items() if re.fullmatch(r"baseline_s\d+", n)}
 
 
 def regime(teachers: dict[str, RunResult], base: RunResult, kd_all: RunResult | None) -> dict:

@@ -147,3 +147,11 @@ def test_stacked_block_measures_salt_against_the_stacked_baseline():
     assert block["budget_to_target"] == pytest.approx(0.7 + 0.1 * 0.03 / 0.04)
     assert block["budget_wallclock_to_target"] is None
     assert paper_regime.stacked_block({}, plain, None) == {}  # the stacked baseline not run yet
+
+
+def test_seed_baselines_are_the_main_students_only():
+    runs = {
+        n: run_with([(100, 1.3)], 0) for n in ("baseline_s0", "baseline_s2", "baseline_scale_1m", "baseline_stacked")
+    }
+    runs["baseline_s2"].spec.seed = 2
+    assert paper_regime.seed_baselines(runs) == {0: runs["baseline_s0"], 2: runs["baseline_s2"]}
