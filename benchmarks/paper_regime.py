@@ -216,8 +216,8 @@ def scale_runs() -> list[RunSpec]:
         end = dict(CHOSEN_END)
         schedule = end.pop("kd_schedule", "step")
         extra = {**every, "kd_steps": "auto", **end}
-        for run, n in ((f"auto_scale_{name}", steps), (f"auto_scale_{name}_budget_{max(BUDGETS)}", None)):
-            n = n or round(steps * max(BUDGETS))
+        top = max(BUDGETS)
+        for run, n in ((f"auto_scale_{name}", steps), (f"auto_scale_{name}_budget_{top}", round(steps * top))):
             runs.append(RunSpec(run, model, n, 0, f"scale_{name}", W, None, schedule, "scale", extra))
     return runs
 
@@ -613,13 +613,22 @@ def scale_budget(short: RunResult | None, full: RunResult, base: RunResult, cost
     run as the budget 1.0, against the baseline's final test loss."""
     if short is None:
         return {}
-    b = short.spec.steps / base.spec.steps
-    target = base.final_test_loss
-    walls = {wallclock(r, r.spec.steps, cost, base.spec.steps): r.final_test_loss for r in (short, full)}
+    stored = {short.spec.steps / base.spec.steps: short, 1.0: full}
     return {
         f"budget_{max(BUDGETS)}_final_loss": short.final_test_loss,
-        "budget_to_target": budget_to_target({b: short.final_test_loss, 1.0: full.final_test_loss}, target),
-        "budget_wallclock_to_target": None if None in walls else budget_to_target(walls, target),
+        **budget_form(stored, base.final_test_loss, cost, base.spec.steps),
+    }
+
+
+def budget_form(stored: dict[float, RunResult], target: float, cost: dict | None, baseline_steps: int) -> dict:
+    """Runs by budget fraction against `target`: `budget_to_target` in steps, and in wall-clock with each run's
+    whole cost at the measured step costs (None before --step-cost ran)."""
+    finals = {b: r.final_test_loss for b, r in stored.items()}
+    walls = [wallclock(r, r.spec.steps, cost, baseline_steps) for r in stored.values()]
+    by_wall = None if None in walls else dict(zip(walls, finals.values(), strict=True))
+    return {
+        "budget_to_target": budget_to_target(finals, target),
+        "budget_wallclock_to_target": None if by_wall is None else budget_to_target(by_wall, target),
     }
 
 
@@ -646,15 +655,12 @@ def stacked_block(runs: dict[str, RunResult], plain: RunResult, cost: dict | Non
     if base is None:
         return {}
     stored = {b: runs[stacked_name(b)] for b in STACKED_BUDGETS if stacked_name(b) in runs}
-    finals = {b: r.final_test_loss for b, r in stored.items()}
-    walls = {wallclock(r, r.spec.steps, cost): r.final_test_loss for r in stored.values()}
     return {
         "baseline_final_loss": base.final_test_loss,
         "speedups_gain_over_plain_baseline": plain.final_test_loss - base.final_test_loss,
-        "budget_finals": finals,
+        "budget_finals": {b: r.final_test_loss for b, r in stored.items()},
         "kd_steps": {b: r.kd_steps for b, r in stored.items()},
-        "budget_to_target": budget_to_target(finals, base.final_test_loss),
-        "budget_wallclock_to_target": None if None in walls else budget_to_target(walls, base.final_test_loss),
+        **budget_form(stored, base.final_test_loss, cost, STEPS),
     }
 
 
