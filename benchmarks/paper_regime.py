@@ -204,21 +204,59 @@ def scale_steps(model: str) -> int:
     return round(TOKENS_PER_PARAM * bench.build_model(model, 300, 128, 0).num_parameters() / (bench.BATCH * 128))
 
 
+def scale_every(steps: int) -> dict:
+    """The scale axis's evaluation and logging grid: 47 evaluations and 470 logs over a run of `steps`."""
+    return {"eval_steps": max(1, steps // 47), "logging_steps": max(1, steps // 470)}
+
+
+def scale_auto(run: str, scale: str, steps: int, seed: int = 0) -> RunSpec:
+    """The automatic stop (chosen end) at one scale, on `steps` steps, evaluated on the full run's grid."""
+    model = SCALES[scale][0]
+    end = dict(CHOSEN_END)
+    schedule = end.pop("kd_schedule", "step")
+    extra = {**scale_every(scale_steps(model)), "kd_steps": "auto", **end}
+    return RunSpec(run, model, steps, seed, f"scale_{scale}", W, None, schedule, "scale", extra)
+
+
 def scale_runs() -> list[RunSpec]:
     """Per scale: the 1/2 teacher, the baseline, the automatic stop, and the automatic stop on the largest budget
     (its schedule fit to 0.8 of the steps, evaluated on the full run's grid): the budget form against size."""
     runs = []
+    top = max(BUDGETS)
     for name, (model, teacher) in SCALES.items():
         steps = scale_steps(model)
-        every = {"eval_steps": max(1, steps // 47), "logging_steps": max(1, steps // 470)}
+        every = scale_every(steps)
         runs.append(RunSpec(f"teacher_scale_{name}", model=teacher, steps=steps, group="teacher", extra=every))
         runs.append(RunSpec(f"baseline_scale_{name}", model=model, steps=steps, group="scale", extra=every))
-        end = dict(CHOSEN_END)
-        schedule = end.pop("kd_schedule", "step")
-        extra = {**every, "kd_steps": "auto", **end}
-        top = max(BUDGETS)
-        for run, n in ((f"auto_scale_{name}", steps), (f"auto_scale_{name}_budget_{top}", round(steps * top))):
-            runs.append(RunSpec(run, model, n, 0, f"scale_{name}", W, None, schedule, "scale", extra))
+        runs.append(scale_auto(f"auto_scale_{name}", name, steps))
+        runs.append(scale_auto(f"auto_scale_{name}_budget_{top}", name, round(steps * top)))
+    return runs
+
+
+SCALE_SEEDS = (1,)  # more seeds of the largest student, the one whose budget form reached its baseline
+
+
+def scale_more_runs(corpus: str) -> list[RunSpec]:
+    """The largest student further: a second seed of its baseline and automatic stop, and the next smaller budget
+    once its largest budget's run reached the baseline's final test loss (known once both ran)."""
+    name = list(SCALES)[-1]
+    model = SCALES[name][0]
+    steps = scale_steps(model)
+    runs = [
+        RunSpec(
+            f"baseline_scale_{name}_s{s}", model=model, steps=steps, seed=s, group="scale", extra=scale_every(steps)
+        )
+        for s in SCALE_SEEDS
+    ]
+    runs += [scale_auto(f"auto_scale_{name}_s{s}", name, steps, s) for s in SCALE_SEEDS]
+    top = max(BUDGETS)
+    base, short = (
+        runs_dir(corpus) / f"{n}.json" for n in (f"baseline_scale_{name}", f"auto_scale_{name}_budget_{top}")
+    )
+    if base.is_file() and short.is_file():
+        if RunResult.load(short).final_test_loss <= RunResult.load(base).final_test_loss:
+            b = max(x for x in BUDGETS if x < top)
+            runs.append(scale_auto(f"auto_scale_{name}_budget_{b}", name, round(steps * b)))
     return runs
 
 
@@ -236,6 +274,7 @@ def all_runs(corpus: str = "python") -> dict[str, list[RunSpec]]:
     }
     if corpus == "python":
         groups["scale"] = scale_runs()
+        groups["scale_more"] = scale_more_runs(corpus)
     return groups
 
 
@@ -580,14 +619,15 @@ def teacher_axis(runs: dict[str, RunResult], teachers: dict[str, RunResult], bas
 
 def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | None, costs: dict) -> list[dict]:
     """Per student size (the main student is the 0.5M row): the baseline's and the automatic stop's final test loss,
-    the gain, steps- and wall-clock-to-target, and where the baseline passes its 1/2 teacher."""
-    top = max(BUDGETS)
-    sizes = {"0.5m": (base, auto0, runs.get("teacher_half"), "half", runs.get(f"auto_budget_{top}_s0"))}
+    the gain, steps- and wall-clock-to-target, where the baseline passes its 1/2 teacher, the budget form, and the
+    gain over the seeds run (seed 0 and SCALE_SEEDS)."""
+    shortened = {b: runs.get(f"auto_budget_{b}_s0") for b in BUDGETS}
+    sizes = {"0.5m": (base, auto0, runs.get("teacher_half"), "half", shortened)}
     for n in SCALES:
         sizes[n] = (runs.get(f"baseline_scale_{n}"), runs.get(f"auto_scale_{n}"), runs.get(f"teacher_scale_{n}"))
-        sizes[n] += (f"scale_{n}", runs.get(f"auto_scale_{n}_budget_{top}"))
+        sizes[n] += (f"scale_{n}", {b: runs.get(f"auto_scale_{n}_budget_{b}") for b in BUDGETS})
     rows = []
-    for name, (b, a, t, cost, shortened) in sizes.items():
+    for name, (b, a, t, cost, short) in sizes.items():
         if b is None or a is None or t is None:
             continue
         passes = bench.first_step_at_or_below(b.curve_step_test_dev, t.final_test_loss)
@@ -602,21 +642,44 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
                 "gain_over_baseline": b.final_test_loss - a.final_test_loss,
                 **against_baseline(a, b, costs.get(cost)),
                 "baseline_passes_teacher_at": None if passes is None else passes / b.spec.steps,
-                **scale_budget(shortened, a, b, costs.get(cost)),
+                **scale_budget({k: r for k, r in short.items() if r}, a, b, costs.get(cost)),
+                **scale_seeds(runs, name, a, b, costs.get(cost)),
             }
         )
     return sorted(rows, key=lambda r: r["student_params"])
 
 
-def scale_budget(short: RunResult | None, full: RunResult, base: RunResult, cost: dict | None) -> dict:
-    """The budget form at one scale (seed 0): the automatic stop's run on the largest budget and its full-length
-    run as the budget 1.0, against the baseline's final test loss."""
-    if short is None:
+def scale_budget(short: dict[float, RunResult], full: RunResult, base: RunResult, cost: dict | None) -> dict:
+    """The budget form at one scale (seed 0): the automatic stop's shortened runs by budget and its full-length run
+    as the budget 1.0, against the baseline's final test loss."""
+    if not short:
         return {}
-    stored = {short.spec.steps / base.spec.steps: short, 1.0: full}
+    stored = {r.spec.steps / base.spec.steps: r for r in short.values()} | {1.0: full}
     return {
-        f"budget_{max(BUDGETS)}_final_loss": short.final_test_loss,
+        "budget_finals": {b: r.final_test_loss for b, r in short.items()},
         **budget_form(stored, base.final_test_loss, cost, base.spec.steps),
+    }
+
+
+def scale_seeds(runs: dict[str, RunResult], scale: str, auto0: RunResult, base0: RunResult, cost: dict | None) -> dict:
+    """At a scale with more seeds (baseline_scale_<n>_s<k>, auto_scale_<n>_s<k>): the gain and steps-to-target over
+    all seeds, seed 0 first; nothing where only seed 0 ran."""
+    pairs = [(auto0, base0)] + [
+        (runs[f"auto_scale_{scale}_s{s}"], runs[f"baseline_scale_{scale}_s{s}"])
+        for s in SCALE_SEEDS
+        if f"auto_scale_{scale}_s{s}" in runs and f"baseline_scale_{scale}_s{s}" in runs
+    ]
+    if len(pairs) < 2:
+        return {}
+    rows = [against_baseline(a, b, cost) for a, b in pairs]
+    return {
+        "seeds": [a.spec.seed for a, _ in pairs],
+        "baseline_final_loss_seeds": bench.seed_stats([b.final_test_loss for _, b in pairs]),
+        "gain_over_baseline_seeds": bench.seed_stats([b.final_test_loss - a.final_test_loss for a, b in pairs]),
+        "steps_to_target_ratio_seeds": bench.seed_stats([r["steps_to_target_ratio"] for r in rows], reached=True),
+        "wallclock_to_target_ratio_seeds": bench.seed_stats(
+            [r["wallclock_to_target_ratio"] for r in rows], reached=True
+        ),
     }
 
 

@@ -127,11 +127,45 @@ def test_scale_budget_interpolates_between_the_shortened_and_the_full_run():
     base = with_steps(run_with([(1000, 1.50)], 0), 1000)
     short = with_steps(run_with([(800, 1.56)], 300), 800)  # the 0.8 budget ends 0.06 above the target
     full = with_steps(run_with([(1000, 1.48)], 300), 1000)  # the full run 0.02 below it: 3/4 of the way to 1.0
-    row = paper_regime.scale_budget(short, full, base, None)
-    assert row["budget_0.8_final_loss"] == 1.56
+    row = paper_regime.scale_budget({0.8: short}, full, base, None)
+    assert row["budget_finals"] == {0.8: 1.56}
     assert row["budget_to_target"] == pytest.approx(0.8 + 0.2 * 0.06 / 0.08)
     assert row["budget_wallclock_to_target"] is None  # no step costs measured
-    assert paper_regime.scale_budget(None, full, base, None) == {}  # no shortened run yet
+    assert paper_regime.scale_budget({}, full, base, None) == {}  # no shortened run yet
+    # a 0.7 run added below a 0.8 run that reaches the target: interpolated between 0.7 and 0.8
+    reach = with_steps(run_with([(800, 1.49)], 300), 800)
+    lower = with_steps(run_with([(700, 1.53)], 300), 700)
+    row = paper_regime.scale_budget({0.7: lower, 0.8: reach}, full, base, None)
+    assert row["budget_to_target"] == pytest.approx(0.7 + 0.1 * 0.03 / 0.04)
+
+
+def test_scale_seeds_pairs_each_seeds_auto_with_its_own_baseline():
+    base0, auto0 = run_with([(50, 1.6), (100, 1.50)], 0), run_with([(50, 1.49), (100, 1.47)], 40)
+    runs = {"baseline_scale_1m_s1": run_with([(50, 1.7), (100, 1.40)], 0)}
+    assert paper_regime.scale_seeds(runs, "1m", auto0, base0, None) == {}  # seed 1's automatic stop not run yet
+    runs["auto_scale_1m_s1"] = run_with([(50, 1.45), (100, 1.41)], 40)  # never reaches its own baseline's 1.40
+    runs["auto_scale_1m_s1"].spec.seed = 1
+    row = paper_regime.scale_seeds(runs, "1m", auto0, base0, None)
+    assert row["seeds"] == [0, 1]
+    assert row["gain_over_baseline_seeds"]["seeds"] == pytest.approx([0.03, -0.01])
+    assert row["steps_to_target_ratio_seeds"]["seeds"] == [50 / paper_regime.STEPS, None]
+    assert row["steps_to_target_ratio_seeds"]["reached"] == "1/2"
+
+
+def test_scale_more_runs_adds_the_smaller_budget_only_once_the_larger_one_reached(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper_regime, "ROOT", tmp_path)
+    monkeypatch.setattr(paper_regime, "scale_steps", lambda model: 1000)
+    names = [r.name for r in paper_regime.scale_more_runs("python")]
+    assert names == ["baseline_scale_1m_s1", "auto_scale_1m_s1"]  # nothing stored: no budget runs known yet
+    runs = tmp_path / "python" / "runs"
+    runs.mkdir(parents=True)
+    with_steps(run_with([(1000, 1.30)], 0), 1000).save(runs / "baseline_scale_1m.json")
+    with_steps(run_with([(800, 1.31)], 400), 800).save(runs / "auto_scale_1m_budget_0.8.json")
+    assert len(paper_regime.scale_more_runs("python")) == 2  # 0.8 ended above the baseline: no 0.7 run
+    with_steps(run_with([(800, 1.29)], 400), 800).save(runs / "auto_scale_1m_budget_0.8.json")
+    more = paper_regime.scale_more_runs("python")
+    assert [r.name for r in more][-1] == "auto_scale_1m_budget_0.7"
+    assert more[-1].steps == 700 and more[-1].extra["kd_steps"] == "auto"
 
 
 def test_stacked_block_measures_salt_against_the_stacked_baseline():
