@@ -176,6 +176,14 @@ def scale_every(steps: int) -> dict:
     return {"eval_steps": max(1, steps // 47), "logging_steps": max(1, steps // 470)}
 
 
+def scale_baseline(scale: str, seed: int = 0) -> RunSpec:
+    """The plain run at one scale (baseline_scale_<n>, and _s<k> for seed k > 0)."""
+    model = SCALES[scale][0]
+    steps = scale_steps(model)
+    name = f"baseline_scale_{scale}" + (f"_s{seed}" if seed else "")
+    return RunSpec(name, model=model, steps=steps, seed=seed, group="scale", extra=scale_every(steps))
+
+
 def scale_auto(run: str, scale: str, steps: int, seed: int = 0) -> RunSpec:
     """The automatic stop (chosen end) at one scale, on `steps` steps, evaluated on the full run's grid."""
     model = SCALES[scale][0]
@@ -194,7 +202,7 @@ def scale_runs() -> list[RunSpec]:
         steps = scale_steps(model)
         every = scale_every(steps)
         runs.append(RunSpec(f"teacher_scale_{name}", model=teacher, steps=steps, group="teacher", extra=every))
-        runs.append(RunSpec(f"baseline_scale_{name}", model=model, steps=steps, group="scale", extra=every))
+        runs.append(scale_baseline(name))
         runs.append(scale_auto(f"auto_scale_{name}", name, steps))
         runs.append(scale_auto(f"auto_scale_{name}_budget_{top}", name, round(steps * top)))
     return runs
@@ -209,12 +217,7 @@ def scale_more_runs(corpus: str) -> list[RunSpec]:
     name = list(SCALES)[-1]
     model = SCALES[name][0]
     steps = scale_steps(model)
-    runs = [
-        RunSpec(
-            f"baseline_scale_{name}_s{s}", model=model, steps=steps, seed=s, group="scale", extra=scale_every(steps)
-        )
-        for s in SCALE_SEEDS
-    ]
+    runs = [scale_baseline(name, s) for s in SCALE_SEEDS]
     runs += [scale_auto(f"auto_scale_{name}_s{s}", name, steps, s) for s in SCALE_SEEDS]
     top = max(BUDGETS)
     base, short = (
