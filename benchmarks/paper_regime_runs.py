@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import bench
 from bench import RESULTS, RunResult, RunSpec
 
@@ -167,6 +169,7 @@ def stacked_runs() -> list[RunSpec]:
     return runs
 
 
+@cache
 def scale_steps(model: str) -> int:
     return round(TOKENS_PER_PARAM * bench.build_model(model, 300, 128, 0).num_parameters() / (bench.BATCH * 128))
 
@@ -176,35 +179,39 @@ def scale_every(steps: int) -> dict:
     return {"eval_steps": max(1, steps // 47), "logging_steps": max(1, steps // 470)}
 
 
+def scale_name(kind: str, scale: str, budget: float = 1.0, seed: int = 0) -> str:
+    """baseline_scale_<n> or auto_scale_<n>, with _budget_<b> for a shortened run and _s<k> for seed k > 0."""
+    return f"{kind}_scale_{scale}" + (f"_budget_{budget}" if budget != 1.0 else "") + (f"_s{seed}" if seed else "")
+
+
 def scale_baseline(scale: str, seed: int = 0) -> RunSpec:
-    """The plain run at one scale (baseline_scale_<n>, and _s<k> for seed k > 0)."""
     model = SCALES[scale][0]
     steps = scale_steps(model)
-    name = f"baseline_scale_{scale}" + (f"_s{seed}" if seed else "")
+    name = scale_name("baseline", scale, seed=seed)
     return RunSpec(name, model=model, steps=steps, seed=seed, group="scale", extra=scale_every(steps))
 
 
-def scale_auto(run: str, scale: str, steps: int, seed: int = 0) -> RunSpec:
-    """The automatic stop (chosen end) at one scale, on `steps` steps, evaluated on the full run's grid."""
+def scale_auto(scale: str, budget: float = 1.0, seed: int = 0) -> RunSpec:
+    """The automatic stop (chosen end) at one scale on `budget` of the steps, its schedule fit to them, evaluated on
+    the full run's grid."""
     model = SCALES[scale][0]
+    steps = scale_steps(model)
     end = dict(CHOSEN_END)
     schedule = end.pop("kd_schedule", "step")
-    extra = {**scale_every(scale_steps(model)), "kd_steps": "auto", **end}
-    return RunSpec(run, model, steps, seed, f"scale_{scale}", W, None, schedule, "scale", extra)
+    extra = {**scale_every(steps), "kd_steps": "auto", **end}
+    name = scale_name("auto", scale, budget, seed)
+    return RunSpec(name, model, round(steps * budget), seed, f"scale_{scale}", W, None, schedule, "scale", extra)
 
 
 def scale_runs() -> list[RunSpec]:
     """Per scale: the 1/2 teacher, the baseline, the automatic stop, and the automatic stop on the largest budget
     (its schedule fit to 0.8 of the steps, evaluated on the full run's grid): the budget form against size."""
     runs = []
-    top = max(BUDGETS)
     for name, (model, teacher) in SCALES.items():
         steps = scale_steps(model)
         every = scale_every(steps)
         runs.append(RunSpec(f"teacher_scale_{name}", model=teacher, steps=steps, group="teacher", extra=every))
-        runs.append(scale_baseline(name))
-        runs.append(scale_auto(f"auto_scale_{name}", name, steps))
-        runs.append(scale_auto(f"auto_scale_{name}_budget_{top}", name, round(steps * top)))
+        runs += [scale_baseline(name), scale_auto(name), scale_auto(name, max(BUDGETS))]
     return runs
 
 
@@ -215,18 +222,14 @@ def scale_more_runs(corpus: str) -> list[RunSpec]:
     """The largest student further: a second seed of its baseline and automatic stop, and the next smaller budget
     once its largest budget's run reached the baseline's final test loss (known once both ran)."""
     name = list(SCALES)[-1]
-    model = SCALES[name][0]
-    steps = scale_steps(model)
-    runs = [scale_baseline(name, s) for s in SCALE_SEEDS]
-    runs += [scale_auto(f"auto_scale_{name}_s{s}", name, steps, s) for s in SCALE_SEEDS]
+    runs = [scale_baseline(name, s) for s in SCALE_SEEDS] + [scale_auto(name, seed=s) for s in SCALE_SEEDS]
     top = max(BUDGETS)
     base, short = (
-        runs_dir(corpus) / f"{n}.json" for n in (f"baseline_scale_{name}", f"auto_scale_{name}_budget_{top}")
+        runs_dir(corpus) / f"{n}.json" for n in (scale_name("baseline", name), scale_name("auto", name, top))
     )
     if base.is_file() and short.is_file():
         if RunResult.load(short).final_test_loss <= RunResult.load(base).final_test_loss:
-            b = max(x for x in BUDGETS if x < top)
-            runs.append(scale_auto(f"auto_scale_{name}_budget_{b}", name, round(steps * b)))
+            runs.append(scale_auto(name, max(b for b in BUDGETS if b < top)))
     return runs
 
 

@@ -26,6 +26,7 @@ from paper_regime_runs import (
     STUDENT,
     corpus_dir,
     runs_dir,
+    scale_name,
     stacked_name,
 )
 from regime_benchmark import wallclock_at_measured_cost
@@ -177,8 +178,12 @@ def scale_axis(runs: dict[str, RunResult], base: RunResult, auto0: RunResult | N
     shortened = {b: runs.get(f"auto_budget_{b}_s0") for b in BUDGETS}
     sizes = {"0.5m": (base, auto0, runs.get("teacher_half"), "half", shortened)}
     for n in SCALES:
-        sizes[n] = (runs.get(f"baseline_scale_{n}"), runs.get(f"auto_scale_{n}"), runs.get(f"teacher_scale_{n}"))
-        sizes[n] += (f"scale_{n}", {b: runs.get(f"auto_scale_{n}_budget_{b}") for b in BUDGETS})
+        sizes[n] = (
+            runs.get(scale_name("baseline", n)),
+            runs.get(scale_name("auto", n)),
+            runs.get(f"teacher_scale_{n}"),
+        )
+        sizes[n] += (f"scale_{n}", {b: runs.get(scale_name("auto", n, b)) for b in BUDGETS})
     rows = []
     for name, (b, a, t, cost, short) in sizes.items():
         if b is None or a is None or t is None:
@@ -217,11 +222,8 @@ def scale_budget(short: dict[float, RunResult], full: RunResult, base: RunResult
 def scale_seeds(runs: dict[str, RunResult], scale: str, auto0: RunResult, base0: RunResult, cost: dict | None) -> dict:
     """At a scale with more seeds (baseline_scale_<n>_s<k>, auto_scale_<n>_s<k>): the gain and steps-to-target over
     all seeds, seed 0 first; nothing where only seed 0 ran."""
-    pairs = [(auto0, base0)] + [
-        (runs[f"auto_scale_{scale}_s{s}"], runs[f"baseline_scale_{scale}_s{s}"])
-        for s in SCALE_SEEDS
-        if f"auto_scale_{scale}_s{s}" in runs and f"baseline_scale_{scale}_s{s}" in runs
-    ]
+    names = [(scale_name("auto", scale, seed=s), scale_name("baseline", scale, seed=s)) for s in SCALE_SEEDS]
+    pairs = [(auto0, base0)] + [(runs[a], runs[b]) for a, b in names if a in runs and b in runs]
     if len(pairs) < 2:
         return {}
     rows = [against_baseline(a, b, cost) for a, b in pairs]

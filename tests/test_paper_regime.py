@@ -22,14 +22,12 @@ import paper_regime_summary  # noqa: E402
 def test_budget_to_target_interpolates_between_the_budgets_run():
     # 0.7 ends at 1.40, 0.8 at 1.30: the target 1.32 is reached 4/5 of the way from 0.7 to 0.8
     assert paper_regime_summary.budget_to_target({0.6: 1.5, 0.7: 1.40, 0.8: 1.30}, 1.32) == pytest.approx(0.78)
-    assert (
-        paper_regime_summary.budget_to_target({0.6: 1.31, 0.7: 1.30}, 1.32) == 0.6
-    )  # the smallest run already reaches it
+    # the smallest run already reaches it
+    assert paper_regime_summary.budget_to_target({0.6: 1.31, 0.7: 1.30}, 1.32) == 0.6
     assert paper_regime_summary.budget_to_target({0.6: 1.5, 0.8: 1.4}, 1.32) is None  # none reaches it
     # 0.8 ends above the target, the full-length run (1.0) below it: 0.8 + 0.2 * 0.010 / 0.023
-    assert paper_regime_summary.budget_to_target({0.8: 1.329, 1.0: 1.306}, 1.319) == pytest.approx(
-        0.8 + 0.2 * 0.01 / 0.023
-    )
+    reached = paper_regime_summary.budget_to_target({0.8: 1.329, 1.0: 1.306}, 1.319)
+    assert reached == pytest.approx(0.8 + 0.2 * 0.01 / 0.023)
 
 
 def test_cooldown_lead_in_steps_of_the_annealed_baseline():
@@ -150,9 +148,8 @@ def test_scale_budget_interpolates_between_the_shortened_and_the_full_run():
 def test_scale_seeds_pairs_each_seeds_auto_with_its_own_baseline():
     base0, auto0 = run_with([(50, 1.6), (100, 1.50)], 0), run_with([(50, 1.49), (100, 1.47)], 40)
     runs = {"baseline_scale_1m_s1": run_with([(50, 1.7), (100, 1.40)], 0)}
-    assert (
-        paper_regime_summary.scale_seeds(runs, "1m", auto0, base0, None) == {}
-    )  # seed 1's automatic stop not run yet
+    # seed 1's automatic stop not run yet
+    assert paper_regime_summary.scale_seeds(runs, "1m", auto0, base0, None) == {}
     runs["auto_scale_1m_s1"] = run_with([(50, 1.45), (100, 1.41)], 40)  # never reaches its own baseline's 1.40
     runs["auto_scale_1m_s1"].spec.seed = 1
     row = paper_regime_summary.scale_seeds(runs, "1m", auto0, base0, None)
