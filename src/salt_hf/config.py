@@ -60,6 +60,12 @@ class SALTConfig(TrainingArguments):
             also under ZeRO-3 and FSDP. `"zero3"`: the teacher is sharded across processes with DeepSpeed ZeRO-3
             inference (needs `deepspeed`; its config is derived from the student's DeepSpeed config), for teachers too
             large to replicate; its forward is then a collective run by every process on the same steps.
+        teacher_targets (`str`, *optional*):
+            A store of the teacher's targets written by `salt-teacher-targets` (`salt_hf.targets`): the KD term reads
+            each packed row's stored targets by its index instead of running a teacher, and no teacher is loaded. A
+            store of sampled ids gives the forward-KL gradient without bias; a top-K store is biased. Refused when it
+            was made from other data, packing, tokenizer, teacher or temperature, or covers fewer rows than the
+            training set.
 
     > Knowledge distillation
 
@@ -174,6 +180,13 @@ class SALTConfig(TrainingArguments):
     teacher_placement: TeacherPlacement = field(
         default="replicate",
         metadata={"help": "'replicate': the whole teacher on every process; 'zero3': sharded with DeepSpeed ZeRO-3."},
+    )
+    teacher_targets: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of stored teacher targets (written by salt-teacher-targets): the KD term reads them by "
+            "packed-row index instead of running the teacher."
+        },
     )
 
     # ---- knowledge distillation ----
@@ -391,10 +404,30 @@ class SALTConfig(TrainingArguments):
                     f"teacher_model_init_kwargs[{key!r}]={value!r} is not a torch dtype: use e.g. 'bfloat16', "
                     "'float16', 'float32' or 'auto'."
                 )
+        self._check_teacher_targets()
         if self.teacher_placement == "zero3" and self.fsdp:
             raise ValueError(
                 "teacher_placement='zero3' shards the teacher with DeepSpeed, which does not mix with an FSDP student "
                 "(fsdp is set): use teacher_placement='replicate' or DeepSpeed ZeRO-3 for the student."
+            )
+
+    def _check_teacher_targets(self) -> None:
+        if self.teacher_targets is None:
+            return
+        if not (self.kd_divergence == "forward_kl" or (self.kd_divergence, self.kd_jsd_beta) == ("jsd", 0.0)):
+            raise ValueError(
+                f"teacher_targets with kd_divergence={self.kd_divergence!r}: stored targets give an unbiased estimate "
+                "of the forward KL only; use kd_divergence='forward_kl' or an online teacher."
+            )
+        if self.kd_data_selection:
+            raise ValueError(
+                "teacher_targets with kd_data_selection=True: SALT_DS scores the data with a teacher forward; run it "
+                "with the online teacher, or turn kd_data_selection off."
+            )
+        if self.seq_warmup_steps > 0:
+            raise ValueError(
+                f"teacher_targets with seq_warmup_steps={self.seq_warmup_steps}: the stored targets were computed on "
+                "whole rows, the warmup cuts them shorter; set seq_warmup_steps=0 or use an online teacher."
             )
 
     def _check_kd(self) -> None:

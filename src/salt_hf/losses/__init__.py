@@ -14,7 +14,7 @@ All but head.py import torch and the standard library only; head.py (imported as
 here) also uses accelerate's unwrapping and logging. No file imports another's private names (tests/test_layout.py).
 """
 
-from .chunks import DIVERGENCES, Divergence, LossOptions, SALTLossOutput
+from .chunks import DIVERGENCES, Divergence, LossOptions, SALTLossOutput, SparseTargets
 from .fused_linear import fused_linear_logits, fused_linear_salt_loss
 from .logits import kd_loss, nll_loss, salt_loss
 from .reference import reference_salt_loss
@@ -24,6 +24,7 @@ __all__ = [
     "Divergence",
     "LossOptions",
     "SALTLossOutput",
+    "SparseTargets",
     "fused_linear_logits",
     "fused_linear_salt_loss",
     "kd_loss",

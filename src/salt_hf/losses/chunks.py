@@ -269,17 +269,108 @@ def _compiled_forward_kl_chunk(student, teacher, labels, grad, o: LossOptions):
     return nll, kd, teacher_nll
 
 
+# ---- stored teacher targets: the teacher's distribution as K ids with weights (salt_hf.targets) ---------------------
+
+
+class SparseTargets(NamedTuple):
+    """
+    The teacher's tempered next-token distribution p at each of N positions, held as K ids with weights instead of
+    [N, V] logits (stored teacher targets, `salt_hf.targets`).
+
+    - form "sampled": ids drawn from p, weights = count / K. The forward-KL estimate
+      `sum_k w_k (-log q(x_k)) + offset` with `offset = -H(p)` has expectation KL(p || q), and its gradient
+      `q - sum_k w_k e_{x_k}` with respect to the tempered student logits has expectation `q - p`, the exact one
+      (Anshumann et al., 2025, "Sparse Logit Sampling"): unbiased.
+    - form "topk": the teacher's K most likely ids, weights = their probabilities renormalised to sum to 1, and
+      `offset = sum_k w_k log w_k`: KL(p_K || q) of the truncated distribution p_K, a biased target (K = V is exact).
+
+    Fields (one row per position, aligned with the labels):
+        ids (`torch.Tensor` of shape `[N, K]`, int64): token ids; unused slots hold id 0 with weight 0.
+        weights (`torch.Tensor` of shape `[N, K]`, fp32): non-negative, summing to 1 on every supervised position.
+        teacher_nll (`torch.Tensor` of shape `[N]`, fp32): the teacher's NLL of the true next token at temperature 1.
+        offset (`torch.Tensor` of shape `[N]`, fp32): the per-token constant above (no gradient).
+    """
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+    teacher_nll: torch.Tensor
+    offset: torch.Tensor
+
+    def rows(self, index: slice) -> SparseTargets:
+        return SparseTargets(*(x[index] for x in self))
+
+    def to(self, device) -> SparseTargets:
+        return SparseTargets(*(x.to(device, non_blocking=True) for x in self))
+
+
+def sparse_forward_kl_chunk(student, targets: SparseTargets, labels, grad, o: LossOptions):
+    """
+    The NLL at tau 1 plus tau^2 x the forward KL against stored targets: cross-entropy with the K weighted ids plus
+    the stored offset. Gradient w.r.t. the tempered logits: `q_tau - sum_k w_k e_{x_k}` (scattered, K per row), so the
+    step costs the plain NLL's passes over the vocabulary plus a gather and a scatter of K.
+    """
+    s = student.float()
+    log_q1, nll, mask, safe = _student_nll(s, labels, o)
+    tau, vocab = o.temperature, o.vocab_size
+    same = tau == 1.0 and vocab == s.shape[-1]
+    if same:
+        log_q = log_q1
+    else:
+        sk = s[:, :vocab]
+        log_q = torch.log_softmax(sk / tau if tau != 1.0 else sk, dim=-1)
+    cross = -(targets.weights * log_q.gather(-1, targets.ids)).sum(-1)
+    kd = torch.where(mask, cross + targets.offset, 0.0).sum() * (tau * tau)
+    teacher_nll = torch.where(mask, targets.teacher_nll, 0.0).sum()
+    if grad is not None:
+        torch.exp(log_q1, out=grad)
+        alpha = o.kd_weight * tau  # tau^2 (scale of the loss) x 1/tau (chain rule through z / tau)
+        if same:
+            if o.nll_weight + o.kd_weight != 1.0:
+                grad.mul_(o.nll_weight + o.kd_weight)
+        else:
+            if o.nll_weight != 1.0:
+                grad.mul_(o.nll_weight)
+            grad[:, :vocab].add_(log_q.exp_(), alpha=alpha)
+        grad[:, :vocab].scatter_add_(-1, targets.ids, targets.weights * -alpha)
+        _finish_grad(grad, mask, safe, o.nll_weight)
+    return nll, kd, teacher_nll
+
+
+def check_sparse_targets(targets: SparseTargets, n_tokens: int, vocab_size: int, divergence: str, beta: float):
+    """Raises ValueError on stored targets the loss cannot take: another divergence, shapes, ids beyond the vocab."""
+    if not (divergence == "forward_kl" or (divergence, beta) == ("jsd", 0.0)):
+        raise ValueError(
+            f"divergence={divergence!r} with stored teacher targets: only the forward KL has an unbiased estimate "
+            "from sampled ids (and top-K targets are defined for it); use divergence='forward_kl'."
+        )
+    ids, weights = targets.ids, targets.weights
+    if ids.dim() != 2 or weights.shape != ids.shape or ids.shape[0] != n_tokens:
+        raise ValueError(
+            f"teacher_targets ids {tuple(ids.shape)} and weights {tuple(weights.shape)} must both be [{n_tokens}, K] "
+            "(one row per label)."
+        )
+    if targets.teacher_nll.shape != (n_tokens,) or targets.offset.shape != (n_tokens,):
+        raise ValueError(f"teacher_targets teacher_nll and offset must be [{n_tokens}].")
+    if ids.numel() and int(ids.max()) >= vocab_size:
+        raise ValueError(f"teacher_targets hold token id {int(ids.max())}, beyond the vocabulary of {vocab_size}.")
+
+
 ChunkPath = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def choose_path(o: LossOptions, has_teacher: bool, student_vocab: int, need_grad: bool) -> ChunkPath:
+def choose_path(
+    o: LossOptions, has_teacher: bool, student_vocab: int, need_grad: bool, sparse: bool = False
+) -> ChunkPath:
     """
     The function that computes one chunk: `(student [n, V_s], teacher [n, V_t] or None, labels [n], fp32 gradient out
     [n, V_s] or None, options) -> (nll_sum, kd_sum, teacher_nll_sum)`. `nll_chunk` when there is no KD term (the
-    teacher is then not looked at); SALT's default term on its fast path; any other divergence on the general one.
+    teacher is then not looked at); SALT's default term on its fast path; any other divergence on the general one;
+    `sparse_forward_kl_chunk` when the teacher is given as stored `SparseTargets` (`sparse=True`).
     """
     if not has_teacher or o.kd_weight == 0.0:
         return nll_chunk
+    if sparse:
+        return sparse_forward_kl_chunk
     forward_kl = o.divergence == "forward_kl" or (o.divergence, o.beta) == ("jsd", 0)
     if o.temperature == 1.0 and o.vocab_size == student_vocab and forward_kl:
         return _compiled_forward_kl_chunk if (o.compile and need_grad) else _fast_forward_kl_chunk

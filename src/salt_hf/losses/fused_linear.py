@@ -46,7 +46,16 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .chunks import LossOptions, SALTLossOutput, check_inputs, choose_path, nll_chunk, resolve_chunk_size
+from .chunks import (
+    LossOptions,
+    SALTLossOutput,
+    SparseTargets,
+    check_inputs,
+    check_sparse_targets,
+    choose_path,
+    nll_chunk,
+    resolve_chunk_size,
+)
 
 _MIN_AUTO_ROWS = 256  # the automatic chunk's floor in tokens (module docstring)
 
@@ -129,11 +138,17 @@ def _accumulate(grads: _Grads, grad: torch.Tensor, hidden: torch.Tensor, head: _
 # ---- the chunk driver and its autograd Function --------------------------------------------------------------------
 
 
-def _fused_linear_pass(student_hidden, student: _Head, teacher_hidden, teacher, labels, o: LossOptions, grads):
-    """Walks over the tokens in chunks; returns the fp32 sums (nll, kd, teacher_nll) and fills `grads`."""
+def _fused_linear_pass(
+    student_hidden, student: _Head, teacher_hidden, teacher, labels, o: LossOptions, grads, targets
+):
+    """
+    Walks over the tokens in chunks; returns the fp32 sums (nll, kd, teacher_nll) and fills `grads`. The teacher is
+    its output layer and hidden states, or stored `targets` (`SparseTargets`), or neither.
+    """
     n_tokens, vocab = labels.shape[0], student.weight.shape[0]
     need_grad = any(g is not None for g in grads)
-    path = choose_path(o, teacher is not None, vocab, need_grad)
+    has_teacher = teacher is not None or targets is not None
+    path = choose_path(o, has_teacher, vocab, need_grad, sparse=targets is not None)
     use_teacher = teacher is not None and path is not nll_chunk  # without a KD term the teacher is not looked at
     sums = [torch.zeros((), dtype=torch.float32, device=student_hidden.device) for _ in range(3)]
     # one fp32 buffer for the gradient w.r.t. a chunk's logits, reused by every chunk
@@ -143,6 +158,8 @@ def _fused_linear_pass(student_hidden, student: _Head, teacher_hidden, teacher, 
         hidden = student_hidden[rows].to(student.weight.dtype)
         z = _logits(student, hidden)
         t = _logits(teacher, teacher_hidden[rows].to(teacher.weight.dtype)) if use_teacher else None
+        if targets is not None and path is not nll_chunk:
+            t = targets.rows(rows)
         grad = None if grad_buf is None else grad_buf[: rows.stop - rows.start]
         for total, chunk_sum in zip(sums, path(z, t, labels[rows], grad, o), strict=True):
             total += chunk_sum
@@ -168,14 +185,14 @@ class _FusedLinearSALTLoss(torch.autograd.Function):
     """Value and the gradients w.r.t. the student's hidden states, weight and bias in one chunked pass."""
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, labels, spec: _Spec):
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, labels, targets, spec: _Spec):
         grads = _new_grads(s_hidden, s_weight, s_bias, ctx.needs_input_grad[:3])
         student = _head(s_weight, s_bias, spec.student)
         teacher = None if t_hidden is None else _head(t_weight, t_bias, spec.teacher)
         # the compute dtypes are explicit: autocast must not turn the fp32 gradient matmuls into bf16 ones
         with torch.autocast(s_hidden.device.type, enabled=False):
             nll_sum, kd_sum, teacher_nll = _fused_linear_pass(
-                s_hidden, student, t_hidden, teacher, labels, spec.loss, grads
+                s_hidden, student, t_hidden, teacher, labels, spec.loss, grads, targets
             )
         o = spec.loss
         loss = nll_sum * o.nll_weight
@@ -200,8 +217,8 @@ class _FusedLinearSALTLoss(torch.autograd.Function):
             None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype)
             for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
         ]
-        # one gradient per input of forward: the student's three, then the teacher's, labels and spec
-        return *scaled, None, None, None, None, None
+        # one gradient per input of forward: the student's three, then the teacher's, labels, targets and spec
+        return *scaled, None, None, None, None, None, None
 
 
 # ---- input checks --------------------------------------------------------------------------------------------------
@@ -315,6 +332,7 @@ def fused_linear_salt_loss(
     vocab_size: int | None = None,
     ignore_index: int = -100,
     chunk_size: int | None = None,
+    teacher_targets: SparseTargets | None = None,
 ) -> SALTLossOutput:
     """
     `salt_loss` on the logits `hidden @ weight.T + bias` (scaled, soft-capped) of both models, without forming them.
@@ -342,6 +360,9 @@ def fused_linear_salt_loss(
         chunk_size (`int`, *optional*):
             Tokens per chunk; by default chosen so that one [chunk, max(V_s, V_t)] fp32 temporary takes 16 MiB, and
             at least 256 tokens.
+        teacher_targets (`SparseTargets`, *optional*):
+            The teacher as stored targets (`salt_hf.targets`) instead of its hidden states and weight, one row per
+            label; forward KL only (see `salt_hf.losses.salt_loss`).
 
     Returns:
         `SALTLossOutput`, as `salt_loss`: `loss` (differentiable w.r.t. `student_hidden`, `student_weight` and
@@ -349,6 +370,13 @@ def fused_linear_salt_loss(
     """
     _check_layer("student", student_hidden, student_weight, student_bias, labels, student_scale, student_softcap)
     _check_teacher(teacher_hidden, teacher_weight, teacher_bias, labels, teacher_scale, teacher_softcap)
+    if teacher_targets is not None:
+        if teacher_hidden is not None:
+            raise ValueError("Give teacher_hidden/teacher_weight or teacher_targets, not both.")
+        v_s = student_weight.shape[0]
+        if vocab_size is not None and not 0 < vocab_size <= v_s:
+            raise ValueError(f"vocab_size={vocab_size} must be in [1, {v_s}] (the student's vocabulary).")
+        check_sparse_targets(teacher_targets, labels.numel(), vocab_size or v_s, divergence, beta)
     kd_vocab = check_inputs(
         _logits_shape(labels, student_weight),
         _logits_shape(labels, teacher_weight),
@@ -358,6 +386,8 @@ def fused_linear_salt_loss(
         temperature,
         beta,
     )
+    if teacher_targets is not None:
+        kd_vocab = vocab_size or kd_vocab
     widest = max(student_weight.shape[0], 0 if teacher_weight is None else teacher_weight.shape[0])
     options = LossOptions(
         nll_weight=float(nll_weight),
@@ -384,6 +414,7 @@ def fused_linear_salt_loss(
             t_weight,
             t_bias,
             labels.reshape(-1),
+            teacher_targets,
             _Spec(options, student, teacher),
         )
     )

@@ -400,17 +400,22 @@ class FusedHead:
         finally:
             self.loss_only = False
 
-    def loss(self, model, inputs, labels, teacher, kd_weight: float, return_outputs: bool = False):
+    def loss(self, model, inputs, labels, teacher, kd_weight: float, return_outputs: bool = False, row_ids=None):
         """
         The model's outputs and `SALTLossOutput` for one batch, with the KD term against `teacher` (a
-        `salt_hf.teacher.Teacher`, placed; None without one) at weight `kd_weight`. Logits are returned (the
-        logits path) when `return_outputs` asks for them outside a loss-only evaluation.
+        `salt_hf.teacher.Teacher`, placed, or a `salt_hf.targets.StoredTeacher`, read at the batch's `row_ids`; None
+        without one) at weight `kd_weight`. Logits are returned (the logits path) when `return_outputs` asks for them
+        outside a loss-only evaluation.
         """
         # transformers adds `skip_logits=True` to a loss-only evaluation's batch under `use_liger_kernel`, for Liger's
         # forward to compute its own cross-entropy from the labels, and that forward refuses it without labels. Both
         # models get no labels here (SALT computes its loss itself), so Liger's forward calls the output layer, as the
         # model's own would, on both paths.
         inputs = {key: value for key, value in inputs.items() if key != "skip_logits"}
+        if teacher is not None and getattr(teacher, "stores_targets", False):
+            return self._stored(
+                model, inputs, labels, teacher.targets(row_ids, labels.device), kd_weight, return_outputs
+            )
         if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):
             result = self._fused(model, inputs, labels, teacher, kd_weight)
             if result is not None:
@@ -447,6 +452,19 @@ class FusedHead:
                 teacher_logits = teacher.logits(inputs)
         options = self._options(kd_weight, teacher_logits is not None)
         return outputs, salt_loss(outputs.logits, labels, teacher_logits, compile=self.args.kd_compile, **options)
+
+    def _stored(self, model, inputs, labels, targets, kd_weight, return_outputs):
+        """The KD term against stored targets (`salt_hf.losses.SparseTargets`): no teacher forward on either path."""
+        options = {**self._options(kd_weight, True), "teacher_targets": targets}
+        if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):
+            student = self._layer(model, "student")
+            if student is not None:
+                probe = self._probe("student", student, labels)
+                outputs, out = fused_forward(model, student, inputs, labels, None, probe, **options)
+                if self._passes(probe, outputs.logits):
+                    return outputs, out
+        outputs = model(**inputs)
+        return outputs, salt_loss(outputs.logits, labels, compile=False, **options)
 
     def _options(self, kd_weight: float, with_teacher: bool) -> dict[str, Any]:
         args = self.args

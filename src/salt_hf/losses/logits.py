@@ -22,7 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from .chunks import LossOptions, SALTLossOutput, check_inputs, choose_path, resolve_chunk_size
+from .chunks import (
+    LossOptions,
+    SALTLossOutput,
+    SparseTargets,
+    check_inputs,
+    check_sparse_targets,
+    choose_path,
+    resolve_chunk_size,
+)
 
 # ---- the chunk driver and its autograd Function --------------------------------------------------------------------
 
@@ -33,7 +41,8 @@ def _chunked_loss(student, teacher, labels, o: LossOptions, need_grad: bool):
     None).
     """
     n_tokens, vocab = student.shape
-    path = choose_path(o, teacher is not None, vocab, need_grad)
+    sparse = isinstance(teacher, SparseTargets)
+    path = choose_path(o, teacher is not None, vocab, need_grad, sparse=sparse)
     nll_sum, kd_sum, teacher_nll_sum = (torch.zeros((), dtype=torch.float32, device=student.device) for _ in range(3))
     grad_buf = torch.empty_like(student) if need_grad else None
     for start in range(0, n_tokens, o.chunk_size):
@@ -43,7 +52,10 @@ def _chunked_loss(student, teacher, labels, o: LossOptions, need_grad: bool):
             # written in place into the buffer when it is fp32; through an fp32 temporary otherwise
             in_place = grad_buf.dtype == torch.float32
             grad = grad_buf[start:end] if in_place else student.new_empty(end - start, vocab, dtype=torch.float32)
-        chunk_teacher = None if teacher is None else teacher[start:end]
+        if teacher is None:
+            chunk_teacher = None
+        else:
+            chunk_teacher = teacher.rows(slice(start, end)) if sparse else teacher[start:end]
         nll, kd, teacher_nll = path(student[start:end], chunk_teacher, labels[start:end], grad, o)
         nll_sum += nll
         kd_sum += kd
@@ -101,6 +113,7 @@ def salt_loss(
     ignore_index: int = -100,
     chunk_size: int | None = None,
     compile: bool = False,
+    teacher_targets: SparseTargets | None = None,
 ) -> SALTLossOutput:
     """
     `nll_weight * NLL_sum + kd_weight * KD_sum` in one chunked pass, with the NLL and KD sums beside it for logging.
@@ -133,6 +146,10 @@ def salt_loss(
         compile (`bool`, *optional*, defaults to `False`):
             Run SALT's default term (forward KL, tau 1, one vocabulary) through `torch.compile`, which fuses its
             passes over the vocabulary (benchmarks/RESULTS.md, section 1); the first call compiles (tens of seconds).
+        teacher_targets (`SparseTargets`, *optional*):
+            The teacher as stored targets (`salt_hf.targets`) instead of `teacher_logits`: K ids with weights per
+            label position ([N, K], N the number of labels). Forward KL only; `temperature` must be the one they
+            were drawn at (the store's manifest says which).
 
     Returns:
         `SALTLossOutput`: `loss` (differentiable w.r.t. `student_logits`), `nll` and `kd` (token sums, detached,
@@ -143,6 +160,14 @@ def salt_loss(
     v_s = student_logits.shape[-1]
     student = student_logits.reshape(-1, v_s)
     teacher = None if teacher_logits is None else teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
+    if teacher_targets is not None:
+        if teacher is not None:
+            raise ValueError("Give teacher_logits or teacher_targets, not both.")
+        kd_vocab = vocab_size or v_s
+        if not 0 < kd_vocab <= v_s:
+            raise ValueError(f"vocab_size={vocab_size} must be in [1, {v_s}] (the student's vocabulary).")
+        check_sparse_targets(teacher_targets, labels.numel(), kd_vocab, divergence, beta)
+        teacher = teacher_targets
     options = LossOptions(
         nll_weight=float(nll_weight),
         kd_weight=float(kd_weight),
