@@ -130,6 +130,28 @@ def load_student(model_args: ModelArguments, data_args: DataArguments, tokenizer
     return student
 
 
+def load_packed_data(model_args: ModelArguments, data_args: DataArguments, seed: int, tokenizer=None):
+    """
+    The tokenizer (given, the student's, or a BPE trained on the corpus) and the packed splits, as salt-train and
+    salt-teacher-targets both build them: the same arguments give the same rows. Packing is cached by fingerprint: a
+    second run with the same corpus and tokenizer skips it.
+    """
+    from ..data import tokenize_and_pack
+
+    raw = load_corpus(data_args, seed)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_args, corpus_texts(raw["train"], data_args.text_column))
+    with as_input_error(ValueError):
+        packed = tokenize_and_pack(
+            raw,
+            tokenizer,
+            seq_length=data_args.seq_length,
+            text_column=data_args.text_column,
+            num_proc=data_args.num_proc,
+        )
+    return tokenizer, packed
+
+
 def save_run_config(output_dir: str, model_args, data_args, training_args) -> None:
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training_args.to_dict()}
     os.makedirs(output_dir, exist_ok=True)
@@ -145,8 +167,6 @@ def run(
     tokenizer=None,
 ) -> dict[str, Any]:
     """Checks the input, trains, saves; returns the final metrics, the log history and the trainer."""
-    from ..data import tokenize_and_pack
-
     # 1) checks that need nothing loaded: the arguments, the resume point, every model source (no weights read)
     check_output_dir(training_args, run_args)
     resume = resolve_resume(training_args)
@@ -155,21 +175,9 @@ def run(
     check_launch_context(training_args)
     set_seed(training_args.seed)
 
-    # 2) data, tokenizer, models and their compatibility
-    raw = load_corpus(data_args, training_args.seed)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(model_args, corpus_texts(raw["train"], data_args.text_column))
+    # 2) data, tokenizer, models and their compatibility; 3) tokenise and pack
+    tokenizer, packed = load_packed_data(model_args, data_args, training_args.seed, tokenizer)
     student = load_student(model_args, data_args, tokenizer)
-
-    # 3) tokenise and pack (cached by fingerprint: a second run with the same corpus and tokenizer skips this)
-    with as_input_error(ValueError):
-        packed = tokenize_and_pack(
-            raw,
-            tokenizer,
-            seq_length=data_args.seq_length,
-            text_column=data_args.text_column,
-            num_proc=data_args.num_proc,
-        )
     eval_dataset = packed["validation"]
     if data_args.max_eval_rows is not None and not data_args.streaming:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_rows, len(eval_dataset))))
