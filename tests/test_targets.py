@@ -408,7 +408,9 @@ def test_a_mismatched_or_damaged_store_is_refused_before_training(
     make_store(s, teacher, ds, tokenizer, teacher_dir, rows_per_shard=2)
     assert "other training data" in refused(tmp_path, tokenizer, dataset(token_stream, 6, offset=5), s)
     assert "other training data" in refused(tmp_path, tokenizer, dataset(token_stream, 6, seq=20), s)  # packing
-    assert "covers 6 of the training set's 7" in refused(tmp_path, tokenizer, dataset(token_stream, 7), s)
+    assert "other training data" in refused(tmp_path, tokenizer, dataset(token_stream, 7), s)  # a row more
+    make_store(tmp_path / "part", teacher, ds, tokenizer, teacher_dir, rows=4)
+    assert "covers 4 of the training set's 6" in refused(tmp_path, tokenizer, ds, tmp_path / "part")
     assert "temperature 1.0" in refused(tmp_path, tokenizer, ds, s, kd_temperature=2.0)
     assert "not a streamed" in refused(tmp_path, tokenizer, Stream(), s)
     other_tok = train_bpe_tokenizer(texts[:2], vocab_size=len(tokenizer))

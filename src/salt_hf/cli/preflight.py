@@ -69,11 +69,17 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     check_source_exists("--tokenizer_name_or_path", model_args.tokenizer_name_or_path)
     if distils(training_args):
         check_source_exists("--teacher_model_name_or_path", training_args.teacher_model_name_or_path)
-    if training_args.teacher_targets is not None and training_args.kd_weight > 0:
-        from ..targets import TargetStore
 
-        with as_input_error(ValueError):
-            TargetStore(training_args.teacher_targets)  # complete, every shard whole; the data is compared later
+
+def check_teacher_targets(training_args: SALTConfig) -> None:
+    """A run reading stored teacher targets: the store is complete and every shard whole (its data, tokenizer and
+    teacher are compared with the run's when the trainer is built, before the output folder is created)."""
+    if training_args.teacher_targets is None or training_args.kd_weight == 0:
+        return
+    from ..targets import TargetStore
+
+    with as_input_error(ValueError):
+        TargetStore(training_args.teacher_targets)
 
 
 def check_sources(model_args: ModelArguments, data_args: DataArguments, training_args: SALTConfig) -> None:

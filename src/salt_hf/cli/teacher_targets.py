@@ -64,9 +64,13 @@ def check_target_arguments(data_args: DataArguments, training_args: SALTConfig, 
 
 
 def load_teacher_for_targets(training_args: SALTConfig, tokenizer):
-    """The teacher, checked against the tokenizer, loaded on this process's device; and the vocabulary of the store."""
+    """
+    The teacher's fingerprint (of its folder's files, as salt-train reads it, before loading), the teacher checked
+    against the tokenizer and loaded on this process's device, and the vocabulary of the store.
+    """
     path = training_args.teacher_model_name_or_path
     teacher = Teacher(path, init_kwargs=training_args.teacher_model_init_kwargs)
+    fingerprint = teacher.fingerprint()
     with as_input_error(ValueError, prefix=f"--teacher_model_name_or_path {path}: "):
         check_tokenizers_match(tokenizer, load_teacher_tokenizer(path, training_args.teacher_model_init_kwargs))
         module = teacher.load()
@@ -74,7 +78,7 @@ def load_teacher_for_targets(training_args: SALTConfig, tokenizer):
         if vocab > output_vocab_size(module):
             raise ValueError(f"its output layer has {output_vocab_size(module)} rows, the tokenizer {vocab} tokens.")
     module.to(PartialState().device).eval().requires_grad_(False)
-    return teacher, module, vocab
+    return fingerprint, teacher.name, module, vocab
 
 
 def run(model_args, data_args, training_args: SALTConfig, targets: TargetArguments) -> Manifest:
@@ -83,7 +87,7 @@ def run(model_args, data_args, training_args: SALTConfig, targets: TargetArgumen
     check_sources(model_args, data_args, training_args)
     tokenizer, packed = load_packed_data(model_args, data_args, training_args.seed)
     train = packed["train"]
-    teacher, module, vocab = load_teacher_for_targets(training_args, tokenizer)
+    fingerprint, name, module, vocab = load_teacher_for_targets(training_args, tokenizer)
     manifest = Manifest(
         form=targets.targets_form,
         k=min(targets.targets_k, vocab) if targets.targets_form == "topk" else targets.targets_k,
@@ -96,8 +100,8 @@ def run(model_args, data_args, training_args: SALTConfig, targets: TargetArgumen
         rows_per_shard=targets.targets_rows_per_shard,
         data_fingerprint=rows_fingerprint(train, len(train)),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        teacher_fingerprint=teacher.fingerprint(),
-        teacher=teacher.name,
+        teacher_fingerprint=fingerprint,
+        teacher=name,
         dtype=str(next(module.parameters()).dtype).removeprefix("torch."),
     )
     start = time.perf_counter()

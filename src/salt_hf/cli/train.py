@@ -38,7 +38,7 @@ from .args import (
     check_output_dir,
     parse_args,
 )
-from .preflight import check_arguments, check_launch_context, check_sources, resolve_resume
+from .preflight import check_arguments, check_launch_context, check_sources, check_teacher_targets, resolve_resume
 
 __all__ = ["ARG_CLASSES", "RUN_CONFIG_NAME", "corpus_texts", "main", "parse_args", "run"]
 
@@ -171,6 +171,7 @@ def run(
     check_output_dir(training_args, run_args)
     resume = resolve_resume(training_args)
     check_arguments(model_args, data_args, training_args)
+    check_teacher_targets(training_args)
     check_sources(model_args, data_args, training_args)
     check_launch_context(training_args)
     set_seed(training_args.seed)

@@ -95,15 +95,15 @@ class StoredTeacher:
                 f"kd_temperature={args.kd_temperature}: use the store's temperature or make a store at this one."
             )
         n = len(dataset)
+        if m.dataset_rows != n or rows_fingerprint(dataset, min(m.rows, n)) != m.data_fingerprint:
+            raise StoreError(
+                f"teacher_targets {self.path} was made from other training data or packing (its {m.dataset_rows} rows "
+                f"of {m.seq_length} tokens differ from this run's {n}): make the store from this run's data."
+            )
         if m.rows < n:
             raise StoreError(
                 f"teacher_targets {self.path} covers {m.rows} of the training set's {n} rows, and the KD stage may "
                 "draw any of them: make the store over all rows."
-            )
-        if m.dataset_rows != n or rows_fingerprint(dataset, m.rows) != m.data_fingerprint:
-            raise StoreError(
-                f"teacher_targets {self.path} was made from other training data or packing (its {m.dataset_rows} rows "
-                f"of {m.seq_length} tokens differ from this run's {n}): make the store from this run's data."
             )
 
     def targets(self, row_ids: torch.Tensor, device=None):
