@@ -4,8 +4,9 @@ One SGD step of SALTTrainer under torchrun (CPU, gloo), for tests/distributed/te
     PYTHONPATH=tests torchrun --standalone --nproc_per_node 2 tests/distributed/one_step_worker.py --backend zero3 \
         --teacher DIR --out DIR --case 2x2:replicate:logits --case 2x1x2:zero3:fused_linear
 
-Each `--case WORLDxBATCH[xACCUM]:PLACEMENT[:FLAG...]` (flags: `no_process_factor`, and the `loss_implementation`
-`fused_linear` or `logits`, else "auto") trains a fresh student (seed 0) for one optimizer step on the same 4
+Each `--case WORLDxBATCH[xACCUM]:PLACEMENT[:FLAG...]` (flags: `no_process_factor`, `stored` (the teacher's stored
+targets from `--targets DIR` instead of the teacher), and the `loss_implementation` `fused_linear` or `logits`, else
+"auto") trains a fresh student (seed 0) for one optimizer step on the same 4
 sequences and writes, on rank 0, `<out>/<backend>-<case>.pt` with the student's full weights (gathered under ZeRO-3),
 the loss implementation the run used and what each rank saw of the teacher. Several cases run in one launch:
 starting processes, importing DeepSpeed and joining the process group are what costs time here, not the step.
@@ -68,7 +69,7 @@ def gathered_flat_params(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).clone() for p in params])
 
 
-def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: int) -> None:
+def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: int, targets: str | None = None) -> None:
     shape, placement, *flags = case.split(":")
     sizes = [int(x) for x in shape.split("x")]
     case_world, batch, accum = (sizes + [1])[:3]
@@ -87,8 +88,10 @@ def run_case(case: str, backend: str, teacher_dir: str, out_dir: Path, world: in
         teacher_placement=placement,
         use_cpu=backend == "ddp",
         loss_implementation=implementation,
+        teacher_targets=targets if "stored" in flags else None,
     )
-    trainer = trainer_cls(model=student_model(), teacher_model=teacher_dir, args=args, train_dataset=step_dataset())
+    teacher = None if "stored" in flags else teacher_dir
+    trainer = trainer_cls(model=student_model(), teacher_model=teacher, args=args, train_dataset=step_dataset())
     trainer.train()
     weights = gathered_flat_params(trainer.model)
     records = [None] * world
@@ -114,11 +117,12 @@ def main() -> None:
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--case", action="append", required=True)
+    parser.add_argument("--targets", default=None, help="a store of the teacher's targets, for `stored` cases")
     cli = parser.parse_args()
     out_dir = Path(cli.out)
     world = int(os.environ["WORLD_SIZE"])
     for case in cli.case:
-        run_case(case, cli.backend, cli.teacher, out_dir, world)
+        run_case(case, cli.backend, cli.teacher, out_dir, world, cli.targets)
     exit_worker()
 
 

@@ -69,8 +69,10 @@ def reference(teacher_dir, tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor
     return flat_params(student_model()), flat_params(trainer.model)
 
 
-def run_worker(backend: str, cases: list[str], teacher: str, out: Path, nproc: int = 2) -> dict[str, dict]:
-    args = ["--backend", backend, "--teacher", teacher, "--out", str(out)]
+def run_worker(
+    backend: str, cases: list[str], teacher: str, out: Path, nproc: int = 2, extra: list[str] | None = None
+) -> dict[str, dict]:
+    args = ["--backend", backend, "--teacher", teacher, "--out", str(out), *(extra or [])]
     for case in cases:
         args += ["--case", case]
     proc, seconds = torchrun(WORKER, args, nproc=nproc)
