@@ -1,0 +1,202 @@
+"""Stored teacher targets on the paper-regime pair: the teacher run once, its targets read by SALT runs.
+
+    python benchmarks/regime_benchmark.py --prepare                          # the corpora (once)
+    python benchmarks/teacher_targets/paper_pair.py --precompute             # the stores (sampled and top-K, K 16)
+    python benchmarks/teacher_targets/paper_pair.py --train --seeds 0 --commit   # SALT reading each store
+    python benchmarks/teacher_targets/paper_pair.py --summarise-only
+
+The pair and recipe are the paper-regime suite's (benchmarks/paper_regime.py, python corpus): the 0.47M student
+(4x96) with the half-size teacher (3x80, 0.26M), 4,700 steps of 16 x 128 tokens, the automatic stop with the additive
+end, w 0.5. The online-teacher runs of the same seeds are that suite's stored runs (auto_additive_s0, auto_s1), and its
+baseline_s0 is the target. Each stored-target run's JSON goes to results/teacher_targets/runs/ as it finishes; the
+precompute's wall-clock, tokens/s and bytes per token to results/teacher_targets/precompute.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# the shared benchmark helpers (bench.py, the paper-regime suite) live in the parent folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench  # noqa: E402
+import torch  # noqa: E402
+from bench import RESULTS, WORK, RunResult  # noqa: E402
+from paper_regime_runs import STEPS, auto, runs_dir  # noqa: E402
+from regime_benchmark import corpus_name  # noqa: E402
+
+CORPUS, TEACHER = "python", "paper_half"
+K = 16  # ids per token: Anshumann et al. found a few dozen enough at 100k+ vocabularies; ours has 300 tokens
+FORMS = ("sampled", "topk")
+ONLINE = {0: "auto_additive_s0", 1: "auto_s1", 2: "auto_s2"}  # the paper-regime suite's online runs, by seed
+OUT = RESULTS / "teacher_targets"
+
+
+def store_dir(form: str, k: int = K) -> Path:
+    return WORK / corpus_name(CORPUS) / "targets" / f"{form}_k{k}"
+
+
+def precompute(forms=FORMS, k: int = K, rows: int | None = None) -> list[dict]:
+    """Writes each form's store over the training rows (or the first `rows`), one thread; returns its costs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from salt_hf.selection.cache import path_fingerprint
+    from salt_hf.targets import Manifest, TargetStore, rows_fingerprint, tokenizer_fingerprint, write_store
+
+    torch.set_num_threads(1)
+    name = corpus_name(CORPUS)
+    info, train_rows, _ = bench.load_corpus(name)
+    teacher_path = bench.teacher_dir(name, TEACHER)
+    tokenizer = AutoTokenizer.from_pretrained(WORK / name / "tokenizer")
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path).eval()
+    n = len(train_rows) if rows is None else rows
+    fingerprint = rows_fingerprint(train_rows, n)
+    out = []
+    for form in forms:
+        manifest = Manifest(
+            form=form,
+            k=k,
+            temperature=1.0,
+            seed=0,
+            vocab_size=info["vocab"],
+            seq_length=info["seq_length"],
+            rows=n,
+            dataset_rows=len(train_rows),
+            rows_per_shard=2048,
+            data_fingerprint=fingerprint,
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            teacher_fingerprint=path_fingerprint(teacher_path),
+            teacher=str(teacher_path),
+            dtype="float32",
+        )
+        folder = store_dir(form, k) if rows is None else store_dir(form, k).with_name(f"{form}_k{k}_rows{n}")
+        t0 = time.perf_counter()
+        write_store(teacher, train_rows, folder, manifest, batch_size=16, device="cpu")
+        seconds = time.perf_counter() - t0
+        store = TargetStore(folder)
+        tokens = n * info["seq_length"]
+        out.append(
+            {
+                "form": form,
+                "k": k,
+                "rows": n,
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "bytes_per_token": store.bytes_per_token(),
+                "store_mb": sum(s["bytes"] for s in store.manifest.shards) / 1e6,
+                "teacher_params": sum(p.numel() for p in teacher.parameters()),
+                "threads": 1,
+            }
+        )
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def stored_spec(form: str, seed: int, k: int = K):
+    spec = auto(f"stored_{form}_k{k}_s{seed}", seed=seed)
+    spec.teacher = TEACHER  # named for the fingerprint check; never loaded
+    spec.group = "stored"
+    spec.extra["teacher_targets"] = str(store_dir(form, k))
+    return spec
+
+
+def train_one(spec) -> None:
+    run_dir = WORK / corpus_name(CORPUS) / "target_runs" / spec.name
+    bench.train_run(spec, corpus_name(CORPUS), "cpu", run_dir, threads=1).save(OUT / "runs" / f"{spec.name}.json")
+
+
+def commit(paths: list[Path], message: str) -> None:
+    subprocess.run(["git", "add", *map(str, paths)], check=True, cwd=RESULTS.parent.parent)
+    subprocess.run(
+        ["git", "commit", "-q", "-m", message, "--", *map(str, paths)], check=False, cwd=RESULTS.parent.parent
+    )
+
+
+# ---- summary ------------------------------------------------------------------------------------------------------
+
+
+def reach(curve, target: float) -> int | None:
+    return bench.first_step_at_or_below(curve, target)
+
+
+def summarise() -> dict:
+    """Final test losses side by side, steps- and wall-clock-to-target with the precompute counted once and
+    amortised over the runs that share the store."""
+    paper = runs_dir(CORPUS)
+    base = RunResult.load(paper / "baseline_s0.json")
+    target, base_wall = base.final_test_loss, sum(base.step_times_s)
+    costs = {c["form"]: c for c in json.loads((OUT / "precompute.json").read_text())}
+    runs = {p.stem: RunResult.load(p) for p in sorted((OUT / "runs").glob("*.json"))}
+    rows = []
+    for seed, online_name in ONLINE.items():
+        online = RunResult.load(paper / f"{online_name}.json") if (paper / f"{online_name}.json").is_file() else None
+        arms = {"online": online, **{form: runs.get(f"stored_{form}_k{K}_s{seed}") for form in FORMS}}
+        if all(r is None for f, r in arms.items() if f != "online"):
+            continue
+        shared = sum(1 for f in FORMS if arms[f] is not None)
+        for arm, r in arms.items():
+            if r is None:
+                continue
+            step = reach(r.curve_step_test_dev, target)
+            wall = None if step is None else sum(r.step_times_s[:step])
+            pre = costs[arm]["seconds"] if arm in costs else 0.0
+            rows.append(
+                {
+                    "seed": seed,
+                    "arm": arm,
+                    "run": r.spec.name,
+                    "final_test_loss": r.final_test_loss,
+                    "gain_over_baseline": target - r.final_test_loss,
+                    "kd_end_step": r.kd_steps,
+                    "median_kd_step_s": r.median_kd_step_s,
+                    "median_plain_step_s": r.median_plain_step_s,
+                    "kd_step_over_plain_step": r.median_kd_step_s / r.median_plain_step_s,
+                    "steps_to_target": None if step is None else step / STEPS,
+                    "wallclock_to_target": None if wall is None else wall / base_wall,
+                    "wallclock_to_target_with_precompute": None if wall is None else (wall + pre) / base_wall,
+                    "precompute_s": pre,
+                    "runs_sharing_the_store": shared,
+                }
+            )
+    summary = {"target": {"run": "baseline_s0", "final_test_loss": target, "train_s": base_wall}, "rows": rows}
+    summary["precompute"] = list(costs.values())
+    bench.write_json(OUT / "summary.json", summary, indent=1)
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precompute", action="store_true", help="write the stores (both forms)")
+    parser.add_argument("--train", action="store_true", help="train the stored-target runs of --seeds")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument("--commit", action="store_true", help="git-commit each run's JSON as it finishes")
+    parser.add_argument("--summarise-only", action="store_true")
+    args = parser.parse_args()
+    forms = args.forms.split(",")
+    if args.precompute:
+        costs = precompute(forms)
+        bench.write_json(OUT / "precompute.json", costs, indent=1)
+        if args.commit:
+            commit([OUT / "precompute.json"], "teacher targets (paper pair): the stores' precompute costs")
+    if args.train:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for form in forms:
+                spec = stored_spec(form, seed)
+                path = OUT / "runs" / f"{spec.name}.json"
+                if path.is_file():
+                    continue
+                train_one(spec)
+                if args.commit:
+                    commit([path], f"teacher targets (paper pair): {spec.name}")
+    print(json.dumps(summarise(), indent=1))
+
+
+if __name__ == "__main__":
+    main()
