@@ -28,8 +28,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from salt_hf import SALTConfig, SALTTrainer
+from salt_hf.checkpointing import last_complete_checkpoint
 from salt_hf.models import new_model_config
 
 HERE = Path(__file__).resolve().parent
@@ -175,11 +177,25 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class StepTimer(TrainerCallback):
-    """Records the wall-clock of every optimizer step, training only (evaluation excluded)."""
+class StepTimer(TrainerCallback, ExportableState):
+    """Records the wall-clock of every optimizer step, training only (evaluation excluded). Its times and the run's
+    wall-clock so far go into every checkpoint (`stateful_callbacks`), so a run resumed from one (`train_run`'s
+    `resume`) reports the whole run's."""
 
     def __init__(self, device: str):
         self.device, self.times, self._t0 = device, [], None
+        self.wall_before, self._begin = 0.0, time.time()  # wall-clock of the run's earlier processes; this one's start
+
+    def state(self) -> dict:
+        wall = self.wall_before + time.time() - self._begin
+        return {"args": {"device": self.device}, "attributes": {"times": list(self.times), "wall_s": wall}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        stored = state.stateful_callbacks.get(type(self).__name__)
+        if state.global_step > 0 and isinstance(stored, dict):  # resumed from a checkpoint
+            self.times = list(stored["attributes"]["times"])[: state.global_step]
+            self.wall_before = stored["attributes"]["wall_s"]
+            state.log_history.append({"resumed_at_step": state.global_step, "step": state.global_step})
 
     def on_step_begin(self, args, state, control, **kwargs):
         sync(self.device)
@@ -240,13 +256,20 @@ def train_run(
     threads: int | None = None,
     callbacks: list | None = None,
     trainer_cls: type[SALTTrainer] = SALTTrainer,
+    rows: torch.Tensor | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Trains one run with the recipe; the baseline is SALTTrainer without a teacher, which trains as Trainer does.
     `save_to` keeps the final model; `threads` caps the CPU threads (runs that share the cores side by side);
-    `callbacks` and `trainer_cls` add measurements (the trainer's class must train as SALTTrainer does)."""
+    `callbacks` and `trainer_cls` add measurements (the trainer's class must train as SALTTrainer does); `rows`
+    (indices into the corpus's training rows) trains on those rows only; `resume` continues from the newest complete
+    checkpoint in `run_dir` when there is one (a run saving checkpoints, interrupted): its step times and wall-clock
+    are the whole run's, its `train_log` records where it resumed. Without `resume` a run always starts afresh."""
     if threads:
         torch.set_num_threads(threads)
     info, train_rows, evals = load_corpus(corpus)
+    if rows is not None:
+        train_rows = Rows(train_rows.rows[rows])
     if spec.extra.get("kd_data_selection"):  # one score cache per corpus, shared by the SALT_DS runs
         spec.extra.setdefault("kd_select_cache_dir", str(WORK / corpus / "scores"))
     args = recipe_args(spec, device, run_dir)
@@ -265,8 +288,9 @@ def train_run(
     if args.kd_data_selection:  # SALT_DS: score (or read the cached scores) first, timed apart from training
         selection = trainer.prepare_kd_selection()
         scoring_s = time.time() - t0
-    trainer.train()
-    wall = time.time() - t0
+    checkpoint = last_complete_checkpoint(run_dir) if resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.time() - t0 + timer.wall_before
     if save_to is not None:
         trainer.save_model(str(save_to))
     kd_steps, times = trainer.kd_steps if spec.teacher else 0, timer.times

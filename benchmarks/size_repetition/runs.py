@@ -1,0 +1,225 @@
+"""The runs of the size-against-repetition study (issue 31): its cells, their teachers, baselines and SALT runs, the
+slices of the corpus that repeat, and where everything lives.
+
+A cell is a student size and a repetition level. Every student trains TOKENS_PER_PARAM tokens per parameter in rows of
+16 x 128 (section 8's recipe: AdamW 2e-3 cosine, 50 warm-up steps); at level 1 it draws them from the whole train
+split (each token seen at most once), at level r from a slice of budget / r tokens, repeated r times. Each cell has
+its own teacher (about half the student, smaller in width and depth), trained on the cell's data for the student's
+steps as a finished model, as a user with only that data would have it. The plain baseline at a repeated level is
+run at each of WEIGHT_DECAYS and the one with the lowest final dev loss is the baseline (the test half reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# The shared helpers (bench.py, paper_regime_runs.py) live one folder up, in benchmarks/, which is not a package.
+sys.path.insert(0, str(HERE.parent))
+
+import bench  # noqa: E402
+import torch  # noqa: E402
+from bench import WORK, RunSpec  # noqa: E402
+from paper_regime_runs import CHOSEN_END, W, scale_every  # noqa: E402
+
+CORPUS = "code"  # code_corpus.py's folder under benchmarks/work
+ROOT = HERE / "results"  # runs/ (one JSON per run), teachers/ (their weights), summary.json, the figure, step costs
+RUNS = ROOT / "runs"
+STEP_COST = ROOT / "step_cost.json"  # --step-cost, on an otherwise idle machine
+# student and teacher per size: the teacher 0.45-0.56 of the student's parameters, smaller in width and depth
+SIZES = {"0.5m": ("4x96", "3x80"), "1m": ("5x128", "4x96"), "2m": ("6x160", "5x128")}
+TOKENS_PER_PARAM = {"0.5m": 20, "1m": 20, "2m": 20}  # the 2M cell is the one to shrink if the plan is too long
+REPEATS = {"0.5m": (1, 3.5), "1m": (1, 3.5, 8), "2m": (1,)}  # how often the cell's slice of the corpus is seen
+WEIGHT_DECAYS = (0.01, 0.1, 0.3)  # the plain baseline's regularisation at a repeated level; 0.01 is the recipe's
+BUDGETS = (0.8, 0.7)  # the budget form: the automatic stop on a shortened run, its schedule fit to it
+SAVE_EVERY, KEEP = 500, 2  # checkpoints (a run resumes from its newest complete one), how many are kept
+SLICE_KEY = "size_repetition"  # salt of the rows' order that every slice is a prefix of
+
+
+@cache
+def params(model: str) -> int:
+    return bench.build_model(model, 300, 128, 0).num_parameters()
+
+
+def steps(size: str) -> int:
+    """round(tokens per parameter x student parameters / tokens per step)."""
+    return round(TOKENS_PER_PARAM[size] * params(SIZES[size][0]) / (bench.BATCH * 128))
+
+
+def tag(repeats: float) -> str:
+    return f"x{repeats:g}"
+
+
+def teacher_name(size: str, repeats: float) -> str:
+    """The teacher's folder under benchmarks/work/code/teachers (and its run is teacher_<this>)."""
+    return f"sr_{size}_{tag(repeats)}"
+
+
+def run_name(kind: str, size: str, repeats: float, wd: float | None = None, budget: float = 1.0, seed: int = 0) -> str:
+    """teacher_<size>_x<r>, baseline_<size>_x<r>_wd<wd>, auto_<size>_x<r> with _budget_<b> for a shortened run, and
+    _s<k> for seed k > 0."""
+    name = f"{kind}_{size}_{tag(repeats)}" + (f"_wd{wd:g}" if kind == "baseline" else "")
+    return name + (f"_budget_{budget:g}" if budget != 1.0 else "") + (f"_s{seed}" if seed else "")
+
+
+@dataclass
+class Run:
+    """A run of the study: its spec, and the cell and role it belongs to."""
+
+    spec: RunSpec
+    size: str
+    repeats: float
+    role: str  # teacher, baseline or auto
+    budget: float = 1.0
+
+
+def checkpointed(extra: dict) -> dict:
+    return {**extra, "save_strategy": "steps", "save_steps": SAVE_EVERY, "save_total_limit": KEEP}
+
+
+def teacher(size: str, repeats: float) -> Run:
+    n = steps(size)
+    spec = RunSpec(
+        f"teacher_{teacher_name(size, repeats)}",
+        model=SIZES[size][1],
+        steps=n,
+        group="teacher",
+        extra=checkpointed(scale_every(n)),
+    )
+    return Run(spec, size, repeats, "teacher")
+
+
+def baseline(size: str, repeats: float, wd: float = bench.WEIGHT_DECAY, seed: int = 0) -> Run:
+    n = steps(size)
+    extra = checkpointed({**scale_every(n), "weight_decay": wd})
+    name = run_name("baseline", size, repeats, wd, seed=seed)
+    return Run(RunSpec(name, SIZES[size][0], n, seed, group="baseline", extra=extra), size, repeats, "baseline")
+
+
+def auto(size: str, repeats: float, budget: float = 1.0, seed: int = 0) -> Run:
+    """The automatic stop with section 8's chosen end (CHOSEN_END: the additive mix) at w 0.5, on `budget` of the
+    cell's steps (its schedule fit to them), evaluated on the full run's grid."""
+    n = steps(size)
+    end = dict(CHOSEN_END)
+    schedule = end.pop("kd_schedule", "step")
+    extra = checkpointed({**scale_every(n), "kd_steps": "auto", **end})
+    group = "auto" if budget == 1.0 else "budget"
+    spec = RunSpec(
+        run_name("auto", size, repeats, budget=budget, seed=seed),
+        SIZES[size][0],
+        round(n * budget),
+        seed,
+        teacher_name(size, repeats),
+        W,
+        None,
+        schedule,
+        group,
+        extra,
+    )
+    return Run(spec, size, repeats, "auto", budget)
+
+
+def cell(size: str, repeats: float) -> list[Run]:
+    """A cell in training order: its teacher, the baselines (every weight decay at a repeated level), SALT."""
+    decays = WEIGHT_DECAYS if repeats > 1 else (bench.WEIGHT_DECAY,)
+    return [teacher(size, repeats), *(baseline(size, repeats, wd) for wd in decays), auto(size, repeats)]
+
+
+def budget_runs() -> list[Run]:
+    """The budget form of every cell (run once its full-length runs show where SALT leads)."""
+    return [auto(size, r, b) for size in SIZES for r in REPEATS[size] for b in BUDGETS]
+
+
+def seed_runs(seed: int = 1) -> list[Run]:
+    """A second seed of the cells whose seed-0 baselines ran: the baseline at the weight decay the dev half chose and
+    the automatic stop (the teacher stays the same)."""
+    out = []
+    for size in SIZES:
+        for r in REPEATS[size]:
+            wd = chosen_weight_decay(size, r)
+            if wd is not None:
+                out += [baseline(size, r, wd, seed), auto(size, r, seed=seed)]
+    return out
+
+
+def chosen_weight_decay(size: str, repeats: float) -> float | None:
+    """The weight decay of the stored seed-0 baseline with the lowest final DEV loss (never the test half); None
+    before all of the cell's baselines ran."""
+    decays = WEIGHT_DECAYS if repeats > 1 else (bench.WEIGHT_DECAY,)
+    paths = {wd: RUNS / f"{run_name('baseline', size, repeats, wd)}.json" for wd in decays}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    return min(paths, key=lambda wd: json.loads(paths[wd].read_text())["final_dev_loss"])
+
+
+def groups() -> dict[str, list[Run]]:
+    """The study's groups in the issue's order: the repetition axis at 1M (its level 1 is the size axis's 1M cell),
+    the other sizes at level 1, the 0.5M student repeated; the budget forms and second seeds when named."""
+    return {
+        "rep_1m": [run for r in REPEATS["1m"] for run in cell("1m", r)],
+        "size": [*cell("0.5m", 1), *cell("2m", 1)],
+        "rep_0.5m": [run for r in REPEATS["0.5m"] if r > 1 for run in cell("0.5m", r)],
+        "budget": budget_runs(),
+        "seeds": seed_runs(),
+    }
+
+
+DEFAULT_GROUPS = ("rep_1m", "size", "rep_0.5m")  # what an invocation without --only trains
+
+
+def every_run() -> dict[str, Run]:
+    return {run.spec.name: run for g in groups().values() for run in g}
+
+
+# ---- the data of a cell: a slice of the train split ---------------------------------------------------------------
+
+
+def row_order(n: int) -> torch.Tensor:
+    """The train split's row indices in a fixed pseudo-random order (sha256 of the index: the same on every machine
+    and version); every slice is a prefix of it, so a smaller slice lies inside a larger one, and each covers every
+    package of the corpus as the held-out halves do (the rows themselves follow the wheels' order)."""
+    keys = [hashlib.sha256(f"{SLICE_KEY}/{i}".encode()).digest()[:8] for i in range(n)]
+    return torch.tensor(sorted(range(n), key=keys.__getitem__))
+
+
+def slice_rows(size: str, repeats: float, train_rows: int) -> torch.Tensor | None:
+    """The training rows of a cell: None (the whole split) at level 1, else the first budget / repeats rows of
+    `row_order`, sorted (the Trainer shuffles them)."""
+    if repeats == 1:
+        return None
+    k = round(steps(size) * bench.BATCH / repeats)
+    if k > train_rows:
+        raise ValueError(f"a slice of {k} rows for {size} at {tag(repeats)}: the train split has {train_rows}")
+    return row_order(train_rows)[:k].sort().values
+
+
+def epochs(size: str, repeats: float, train_rows: int) -> float:
+    """Passes over the cell's data: the student's rows over the rows it draws from."""
+    rows = slice_rows(size, repeats, train_rows)
+    return steps(size) * bench.BATCH / (train_rows if rows is None else rows.numel())
+
+
+# ---- where things live --------------------------------------------------------------------------------------------
+
+
+def run_dir(name: str) -> Path:
+    return WORK / CORPUS / "size_repetition" / name
+
+
+def stored_teacher(name: str) -> Path:
+    """A trained teacher's weights in the repository (committed with its run), restored when the work folder lacks
+    them."""
+    return ROOT / "teachers" / name
+
+
+TEACHER_FILES = ("config.json", "generation_config.json", "model.safetensors")
+
+
+def cost_pairs() -> dict[str, tuple[str, str]]:
+    """(student, teacher) per size: the step costs the summary's wall-clock needs."""
+    return dict(SIZES)

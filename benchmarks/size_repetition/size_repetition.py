@@ -1,0 +1,149 @@
+"""Where SALT pays: student size against data repetition (issue 31). See README.md beside this file.
+
+    python benchmarks/size_repetition/code_corpus.py --build                               # the corpus, ~2 min
+    python benchmarks/size_repetition/size_repetition.py --commit --parallel 1 --only rep_1m   # the 1M repetition axis
+    python benchmarks/size_repetition/size_repetition.py --commit --parallel 1            # rep_1m, size, rep_0.5m
+    python benchmarks/size_repetition/size_repetition.py --commit --parallel 1 --only budget,seeds
+    python benchmarks/size_repetition/size_repetition.py --summarise-only                 # summary.json, figure
+    python benchmarks/size_repetition/size_repetition.py --step-cost                      # on an idle machine
+
+Idempotent: a run whose JSON is stored (results/runs/) is skipped; a run that was interrupted resumes from its newest
+complete checkpoint (every SAVE_EVERY steps in benchmarks/work/code/size_repetition/<run>/); a teacher whose weights
+are committed (results/teachers/) but absent from the work folder is restored, not retrained. Every invocation that
+trains first checks the corpus against corpus.json's content hash and refuses a different one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+# The shared helpers (bench.py, regime_benchmark.py) live one folder up, in benchmarks/, which is not a package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench  # noqa: E402
+import code_corpus  # noqa: E402
+import torch  # noqa: E402
+from regime_benchmark import commit as commit_files  # noqa: E402
+from runs import (  # noqa: E402
+    CORPUS,
+    DEFAULT_GROUPS,
+    RUNS,
+    STEP_COST,
+    TEACHER_FILES,
+    Run,
+    cost_pairs,
+    groups,
+    run_dir,
+    slice_rows,
+    stored_teacher,
+)
+from summary import write_outputs  # noqa: E402
+
+
+def check_corpus() -> dict:
+    """The corpus's info once its content (hashed anew) is corpus.json's; exits with the reason otherwise."""
+    try:
+        return code_corpus.check()
+    except code_corpus.CorpusMismatch as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def train_one(run: Run, threads: int) -> None:
+    spec = run.spec
+    info = json.loads((code_corpus.work_dir() / "info.json").read_text())
+    if info["content_sha256"] != code_corpus.load_recipe()["content_sha256"]:  # rebuilt since the check: refuse
+        raise SystemExit(f"error: the corpus in {code_corpus.work_dir()} no longer matches corpus.json")
+    rows = slice_rows(run.size, run.repeats, info["train_rows"])
+    save_to = bench.teacher_dir(CORPUS, spec.name.removeprefix("teacher_")) if run.role == "teacher" else None
+    result = bench.train_run(spec, CORPUS, "cpu", run_dir(spec.name), save_to, threads, rows=rows, resume=True)
+    if save_to is not None:  # committed with the run, so that a fresh checkout does not train it again
+        folder = stored_teacher(save_to.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in TEACHER_FILES:
+            shutil.copyfile(save_to / f, folder / f)
+    result.save(RUNS / f"{spec.name}.json")
+
+
+def restore_teachers(todo: list[Run]) -> None:
+    """Teachers the runs in `todo` need whose weights are committed but not in the work folder."""
+    for run in todo:
+        if run.spec.teacher and not bench.teacher_dir(CORPUS, run.spec.teacher).is_dir():
+            stored = stored_teacher(run.spec.teacher)
+            if stored.is_dir():
+                shutil.copytree(stored, bench.teacher_dir(CORPUS, run.spec.teacher))
+
+
+def named_runs(names: list[str]) -> list[Run]:
+    """The runs of the named groups and the runs named one by one, in the order given (each once)."""
+    every = groups()
+    by_name = {r.spec.name: r for g in every.values() for r in g}
+    out: dict[str, Run] = {}
+    for n in names:
+        if n not in every and n not in by_name:
+            raise SystemExit(f"error: --only {n}: neither a group ({', '.join(every)}) nor a run of the study")
+        for r in every[n] if n in every else [by_name[n]]:
+            out.setdefault(r.spec.name, r)
+    return list(out.values())
+
+
+def batches(todo: list[Run], parallel: int) -> list[list[Run]]:
+    """`todo` in order, `parallel` at a time, a batch ending early before a run whose teacher it trains: a teacher
+    must be finished before its students start."""
+    out: list[list[Run]] = []
+    for run in todo:
+        batch = out[-1] if out else None
+        teachers = {r.spec.name.removeprefix("teacher_") for r in batch or [] if r.role == "teacher"}
+        if batch is None or len(batch) == parallel or run.spec.teacher in teachers:
+            out.append([run])
+        else:
+            batch.append(run)
+    return out
+
+
+def train(args) -> None:
+    check_corpus()
+    todo = named_runs(args.only.split(",") if args.only else list(DEFAULT_GROUPS))
+    todo = [r for r in todo if not (RUNS / f"{r.spec.name}.json").is_file()]
+    restore_teachers(todo)
+    print(f"to train ({len(todo)}): {', '.join(r.spec.name for r in todo)}", flush=True)
+    for batch in batches(todo, args.parallel):
+        print("side by side:", ", ".join(r.spec.name for r in batch), flush=True)
+        bench.in_workers(partial(train_one, threads=1), batch, len(batch))
+        if args.commit:
+            # every stored run and teacher, not only this batch's: a run stored by a process stopped before its commit
+            # goes in with the next one
+            paths = [*sorted(RUNS.glob("*.json")), *sorted(stored_teacher("").glob("*/*"))]
+            commit_files([*paths, *write_outputs()], f"size x repetition: {', '.join(r.spec.name for r in batch)}")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=None, help="comma-separated groups or run names")
+    parser.add_argument("--parallel", type=int, default=1, help="runs side by side, one thread each")
+    parser.add_argument("--commit", action="store_true", help="git-commit each batch's stored runs as they finish")
+    parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
+    parser.add_argument("--step-cost", action="store_true", help="measure the step costs (an otherwise idle machine)")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    if args.step_cost:
+        bench.measure_step_costs(cost_pairs(), STEP_COST, vocab=300, seq=128)
+    elif not args.summarise_only:
+        train(args)
+    print(f"done: {time.time() - t0:.0f}s", flush=True)
+    for path in write_outputs():
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

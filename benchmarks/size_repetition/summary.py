@@ -1,0 +1,158 @@
+"""The study's summary (issue 31, point 4): results/summary.json with one row per cell, read from the stored runs
+alone (no corpus, no checkpoint), and the figure. Wall-clock weighs steps at the costs `--step-cost` measured
+(paper_regime_summary's `against_baseline` and `budget_form`); None before it ran.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The shared helpers (bench.py, paper_regime_summary.py) live one folder up, in benchmarks/, which is not a package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench  # noqa: E402
+import code_corpus  # noqa: E402
+from bench import RunResult  # noqa: E402
+from figure import plot  # noqa: E402
+from paper_regime_summary import against_baseline, budget_form  # noqa: E402
+from runs import (  # noqa: E402
+    BUDGETS,
+    REPEATS,
+    ROOT,
+    RUNS,
+    SIZES,
+    STEP_COST,
+    TOKENS_PER_PARAM,
+    WEIGHT_DECAYS,
+    run_name,
+    tag,
+    teacher_name,
+)
+
+SEEDS = (0, 1, 2)
+FIGURE = ROOT / "gain_by_size.png"
+
+
+def cell_row(runs: dict[str, RunResult], size: str, repeats: float, costs: dict, train_rows: int | None) -> dict:
+    """One cell: its teacher, its baselines by weight decay (the dev half chooses), the automatic stop over the
+    seeds that ran with its baseline, the budget form; what is not stored yet is missing or None."""
+    teacher = runs.get(f"teacher_{teacher_name(size, repeats)}")
+    decays = WEIGHT_DECAYS if repeats > 1 else (bench.WEIGHT_DECAY,)
+    by_wd = {wd: runs[n] for wd in decays if (n := run_name("baseline", size, repeats, wd)) in runs}
+    row: dict = {
+        "cell": f"{size}_{tag(repeats)}",
+        "size": size,
+        "student": SIZES[size][0],
+        "teacher": SIZES[size][1],
+        "repeats": repeats,
+        "tokens_per_param": TOKENS_PER_PARAM[size],
+        "teacher_final_loss": teacher.final_test_loss if teacher else None,
+        "baseline_by_weight_decay": {
+            f"{wd:g}": {"test": r.final_test_loss, "dev": r.final_dev_loss} for wd, r in by_wd.items()
+        },
+    }
+    if not by_wd:
+        return row
+    wd = min(by_wd, key=lambda d: by_wd[d].final_dev_loss)  # the dev half chooses, the test half reports
+    base0 = by_wd[wd]
+    row |= {
+        "student_params": base0.params,
+        "teacher_params": teacher.params if teacher else None,
+        "steps": base0.spec.steps,
+        "epochs": epochs(base0.spec.steps, repeats, train_rows),
+        "weight_decay": wd,
+        "weight_decays_run": sorted(by_wd),
+        # what tuning the weight decay bought the plain run (0 where only the recipe's ran)
+        "tuned_weight_decay_gain": by_wd[bench.WEIGHT_DECAY].final_test_loss - base0.final_test_loss
+        if bench.WEIGHT_DECAY in by_wd
+        else None,
+        "baseline_passes_teacher_at": passes_at(base0, teacher),
+    }
+    pairs = seed_pairs(runs, size, repeats, wd)
+    if not pairs:
+        return row | {"baseline_final_loss": bench.seed_stats([base0.final_test_loss])}
+    cost = costs.get(size)
+    against = [against_baseline(a, b, cost) for a, b in pairs.values()]
+    auto0, recipe_base = pairs.get(0, (None, None))[0], by_wd.get(bench.WEIGHT_DECAY)
+    row |= {
+        "seeds": sorted(pairs),
+        "baseline_final_loss": bench.seed_stats([b.final_test_loss for _, b in pairs.values()]),
+        "auto_final_loss": bench.seed_stats([a.final_test_loss for a, _ in pairs.values()]),
+        "gain": bench.seed_stats([b.final_test_loss - a.final_test_loss for a, b in pairs.values()]),
+        # SALT against the recipe's untuned plain run (seed 0): the gain a user comparing with weight decay 0.01 sees
+        "gain_over_recipe_baseline": recipe_base.final_test_loss - auto0.final_test_loss
+        if auto0 and recipe_base
+        else None,
+        "steps_to_target_ratio": bench.seed_stats([r["steps_to_target_ratio"] for r in against], reached=True),
+        "wallclock_to_target_ratio": bench.seed_stats([r["wallclock_to_target_ratio"] for r in against], reached=True),
+        "kd_steps": [a.kd_steps for a, _ in pairs.values()],
+        "kd_stage_end": [a.kd_steps / a.spec.steps for a, _ in pairs.values()],
+    }
+    if auto0 is not None:
+        row |= budget_block(runs, size, repeats, auto0, pairs[0][1], cost)
+    return row
+
+
+def seed_pairs(runs: dict[str, RunResult], size: str, repeats: float, wd: float) -> dict[int, tuple]:
+    """{seed: (automatic stop, baseline at the chosen weight decay)} for the seeds where both are stored."""
+    out = {}
+    for seed in SEEDS:
+        a, b = run_name("auto", size, repeats, seed=seed), run_name("baseline", size, repeats, wd, seed=seed)
+        if a in runs and b in runs:
+            out[seed] = (runs[a], runs[b])
+    return out
+
+
+def budget_block(runs: dict[str, RunResult], size: str, repeats: float, full: RunResult, base, cost) -> dict:
+    """The budget form (seed 0): the shortened runs and the full-length one as the budget 1.0, against the chosen
+    baseline's final test loss, in steps and wall-clock."""
+    short = {b: runs[n] for b in BUDGETS if (n := run_name("auto", size, repeats, budget=b)) in runs}
+    if not short:
+        return {}
+    stored = {r.spec.steps / base.spec.steps: r for r in short.values()} | {1.0: full}
+    return {
+        "budget_finals": {f"{b:g}": r.final_test_loss for b, r in short.items()},
+        **budget_form(stored, base.final_test_loss, cost, base.spec.steps),
+    }
+
+
+def epochs(student_steps: int, repeats: float, train_rows: int | None) -> float | None:
+    """Passes over the cell's data (runs.epochs, without the corpus: the train split's rows from corpus.json)."""
+    if repeats == 1:
+        return None if train_rows is None else student_steps * bench.BATCH / train_rows
+    return student_steps * bench.BATCH / round(student_steps * bench.BATCH / repeats)
+
+
+def passes_at(base: RunResult, teacher: RunResult | None) -> float | None:
+    """Where the baseline passes its teacher's final test loss, as a fraction of its run."""
+    if teacher is None:
+        return None
+    step = bench.first_step_at_or_below(base.curve_step_test_dev, teacher.final_test_loss)
+    return None if step is None else step / base.spec.steps
+
+
+def summarise(runs_folder: Path = RUNS, step_cost: Path = STEP_COST) -> dict:
+    runs = bench.load_runs(runs_folder) if runs_folder.is_dir() else {}
+    costs = bench.load_step_costs(step_cost)
+    recipe = code_corpus.load_recipe()
+    train_rows = recipe.get("built", {}).get("train_rows")
+    cells = [cell_row(runs, size, r, costs, train_rows) for size in SIZES for r in REPEATS[size]]
+    return {
+        "corpus_sha256": recipe.get("content_sha256"),
+        "step_costs_measured": sorted(costs),
+        "cells": [c for c in cells if c["baseline_by_weight_decay"]],
+        "runs": sorted(runs),
+    }
+
+
+def write_outputs(out: Path = ROOT) -> list[Path]:
+    """summary.json and the figure from the runs stored under `out`; their paths (the figure once a cell has a
+    gain)."""
+    summary = summarise(out / RUNS.name, out / STEP_COST.name)
+    bench.write_json(out / "summary.json", summary, indent=1)
+    paths = [out / "summary.json"]
+    if any("gain" in c for c in summary["cells"]):
+        plot(summary, out / FIGURE.name)
+        paths.append(out / FIGURE.name)
+    return paths

@@ -1,0 +1,180 @@
+"""The size-against-repetition study (issue 31, benchmarks/size_repetition/): its plan (sizes, teachers, slices of
+the corpus), its summary step on small synthetic stored runs, and bench.train_run resuming an interrupted run to the
+same result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "size_repetition")]
+
+import bench  # noqa: E402  (script folders, put on the path above)
+import runs  # noqa: E402
+import size_repetition  # noqa: E402
+import summary  # noqa: E402
+
+# ---- the plan ---------------------------------------------------------------------------------------------------
+
+
+def widths_depths(size: str) -> tuple[int, int]:
+    layers, width = size.split("x")
+    return int(layers), int(width)
+
+
+@pytest.mark.parametrize("size", list(runs.SIZES))
+def test_each_teacher_is_about_half_its_student_and_smaller_in_width_and_depth(size):
+    student, teacher = runs.SIZES[size]
+    assert 0.45 <= runs.params(teacher) / runs.params(student) <= 0.56
+    assert all(t < s for t, s in zip(widths_depths(teacher), widths_depths(student), strict=True))
+    assert runs.steps(size) == round(runs.TOKENS_PER_PARAM[size] * runs.params(student) / 2048)
+
+
+def test_slices_are_nested_sized_by_the_repetition_and_the_same_every_time():
+    train_rows = 408_520
+    assert runs.slice_rows("1m", 1, train_rows) is None  # the whole split
+    x35, x8 = runs.slice_rows("1m", 3.5, train_rows), runs.slice_rows("1m", 8, train_rows)
+    budget_rows = runs.steps("1m") * bench.BATCH
+    assert x35.numel() == round(budget_rows / 3.5) and x8.numel() == round(budget_rows / 8)
+    assert set(x8.tolist()) <= set(x35.tolist())  # a smaller slice lies inside a larger one
+    assert torch.equal(x8, runs.slice_rows("1m", 8, train_rows))
+    assert runs.epochs("1m", 8, train_rows) == pytest.approx(8, abs=1e-3)
+    # spread over the whole split (every package), not its first rows
+    assert x8.min() < train_rows * 0.01 and x8.max() > train_rows * 0.99
+
+
+def test_run_names_are_unique_and_teachers_train_before_their_students():
+    groups = runs.groups()
+    names = [r.spec.name for g in ("rep_1m", "size", "rep_0.5m", "budget") for r in groups[g]]
+    assert len(names) == len(set(names))
+    rep = [r.spec.name for r in groups["rep_1m"]]
+    assert rep[:3] == ["teacher_sr_1m_x1", "baseline_1m_x1_wd0.01", "auto_1m_x1"]
+    baselines = [f"baseline_1m_x3.5_wd{wd:g}" for wd in (0.01, 0.1, 0.3)]
+    assert rep[3:8] == ["teacher_sr_1m_x3.5", *baselines, "auto_1m_x3.5"]
+    every = [r for g in groups.values() for r in g]
+    assert all(r.spec.extra["save_strategy"] == "steps" for r in every)
+    for parallel in (1, 2, 3):
+        trained: set[str] = set()
+        for batch in size_repetition.batches(groups["rep_1m"], parallel):
+            assert len(batch) <= parallel
+            assert all(r.spec.teacher is None or r.spec.teacher in trained for r in batch if r.role == "auto")
+            trained |= {r.spec.name.removeprefix("teacher_") for r in batch if r.role == "teacher"}
+
+
+def test_only_refuses_an_unknown_name():
+    with pytest.raises(SystemExit, match="neither a group"):
+        size_repetition.named_runs(["rep_1m", "no_such_run"])
+    assert [r.spec.name for r in size_repetition.named_runs(["auto_1m_x1", "auto_1m_x1"])] == ["auto_1m_x1"]
+
+
+# ---- the summary on stored JSON --------------------------------------------------------------------------------
+
+
+def stored(folder: Path, name: str, curve: list[tuple[int, float]], dev: float, *, steps=1000, kd_steps=0, wd=None):
+    model = "4x96" if name.startswith("teacher") else "5x128"
+    extra = {} if wd is None else {"weight_decay": wd}
+    spec = bench.RunSpec(name, model=model, steps=steps, extra=extra)
+    result = bench.RunResult(
+        spec=spec,
+        corpus="code",
+        device="cpu",
+        params=472032 if name.startswith("teacher") else 1043328,
+        kd_steps=kd_steps,
+        curve_step_test_dev=[[s, t, t] for s, t in curve[:-1]] + [[*curve[-1], dev]],
+        final_test_loss=curve[-1][1],
+        final_dev_loss=dev,
+        train_wall_s=1.0,
+        step_times_s=[0.001] * steps,
+        median_kd_step_s=None,
+        median_plain_step_s=0.001,
+        train_log=[],
+    )
+    result.save(folder / "runs" / f"{name}.json")
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    falling = [(100, 2.0), (500, 1.4), (700, 1.19), (1000, 1.15)]  # SALT: at the chosen baseline's final at 700
+    stored(tmp_path, "teacher_sr_1m_x3.5", [(500, 1.5), (1000, 1.3)], 1.3)
+    stored(tmp_path, "baseline_1m_x3.5_wd0.01", [(300, 1.5), (1000, 1.20)], 1.18, wd=0.01)
+    stored(tmp_path, "baseline_1m_x3.5_wd0.1", [(300, 1.5), (1000, 1.19)], 1.17, wd=0.1)  # the best on dev
+    stored(tmp_path, "baseline_1m_x3.5_wd0.3", [(300, 1.5), (1000, 1.18)], 1.19, wd=0.3)  # best on test: not chosen
+    stored(tmp_path, "auto_1m_x3.5", falling, 1.14, kd_steps=500)
+    stored(tmp_path, "auto_1m_x3.5_budget_0.8", [(800, 1.18)], 1.17, steps=800, kd_steps=400)
+    stored(tmp_path, "auto_1m_x3.5_budget_0.7", [(700, 1.21)], 1.20, steps=700, kd_steps=350)
+    stored(tmp_path, "baseline_1m_x1_wd0.01", [(1000, 1.30)], 1.29, wd=0.01)  # a cell whose SALT run is not done
+    return tmp_path
+
+
+def test_summary_chooses_the_weight_decay_on_dev_and_measures_gain_and_budget(results):
+    out = summary.summarise(results / "runs", results / "step_cost.json")
+    cells = {c["cell"]: c for c in out["cells"]}
+    assert set(cells) == {"1m_x1", "1m_x3.5"}  # cells without a stored run are left out
+    row = cells["1m_x3.5"]
+    assert row["weight_decay"] == 0.1 and row["weight_decays_run"] == [0.01, 0.1, 0.3]
+    assert row["baseline_final_loss"]["seeds"] == [1.19]
+    assert row["gain"]["mean"] == pytest.approx(0.04)
+    assert row["gain_over_recipe_baseline"] == pytest.approx(0.05)  # against weight decay 0.01's 1.20
+    assert row["tuned_weight_decay_gain"] == pytest.approx(0.01)
+    assert row["steps_to_target_ratio"]["seeds"] == [0.7]
+    assert row["wallclock_to_target_ratio"]["seeds"] == [None]  # no step costs measured yet
+    assert row["kd_steps"] == [500] and row["kd_stage_end"] == [0.5]
+    assert row["epochs"] == pytest.approx(3.5, abs=1e-3) and row["teacher_final_loss"] == 1.3
+    # the budget form: 0.7 ends 0.02 above the target 1.19, 0.8 0.01 below it
+    assert row["budget_finals"] == {"0.8": 1.18, "0.7": 1.21}
+    assert row["budget_to_target"] == pytest.approx(0.7 + 0.1 * 0.02 / 0.03)
+    assert "gain" not in cells["1m_x1"] and cells["1m_x1"]["baseline_final_loss"]["seeds"] == [1.30]
+
+
+def test_summary_weighs_wall_clock_at_the_measured_step_costs_and_draws_the_figure(results):
+    costs = {"1m": {"plain_step_s": 1.0, "kd_fused_step_s": 1.5, "plain_fused_step_s": 1.0}}
+    (results / "step_cost.json").write_text(json.dumps(costs))
+    paths = summary.write_outputs(results)
+    assert [p.name for p in paths] == ["summary.json", summary.FIGURE.name] and paths[1].stat().st_size > 0
+    row = {c["cell"]: c for c in json.loads(paths[0].read_text())["cells"]}["1m_x3.5"]
+    # 500 KD steps at 1.5 and 200 more at 1.0, over the baseline's 1,000 at 1.0
+    assert row["wallclock_to_target_ratio"]["seeds"] == [pytest.approx(0.95)]
+    assert row["budget_wallclock_to_target"] is not None
+
+
+def test_summarise_only_reproduces_the_committed_summary():
+    committed = runs.ROOT / "summary.json"
+    if not committed.is_file():
+        pytest.skip("no runs of the study committed yet")
+    assert json.loads(json.dumps(summary.summarise())) == json.loads(committed.read_text())
+
+
+# ---- bench.train_run resumes an interrupted run ---------------------------------------------------------------
+
+
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    corpus = tmp_path / "tiny"
+    corpus.mkdir()
+    g = torch.Generator().manual_seed(0)
+    # rows that count up from a random start (mod 64): something to learn
+    counting = (torch.randint(0, 64, (80, 1), generator=g) + torch.arange(16)) % 64
+    torch.save(counting[:64].to(torch.int16), corpus / "train.pt")
+    torch.save(counting[64:].to(torch.int16), corpus / "validation.pt")
+    (corpus / "info.json").write_text(json.dumps({"vocab": 64, "seq_length": 16}))
+    extra = {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "eval_steps": 5, "logging_steps": 1}
+    extra |= {"save_strategy": "steps", "save_steps": 5, "warmup_steps": 0, "learning_rate": 1e-2}
+    spec = bench.RunSpec("r", model="1x16", steps=10, extra=extra)
+    rows = torch.arange(0, 64, 2)  # a slice: half the rows, 8 steps an epoch (the resumed part crosses into a second)
+    whole = bench.train_run(spec, "tiny", "cpu", tmp_path / "a", threads=1, rows=rows, resume=True)
+    bench.train_run(spec, "tiny", "cpu", tmp_path / "b", threads=1, rows=rows, resume=True)
+    shutil.rmtree(tmp_path / "b" / "checkpoint-10")  # as if killed after the save at step 5
+    resumed = bench.train_run(spec, "tiny", "cpu", tmp_path / "b", threads=1, rows=rows, resume=True)
+    flat = [[v for row in r.curve_step_test_dev for v in row] for r in (whole, resumed)]
+    assert flat[0] == pytest.approx(flat[1], abs=1e-6)
+    assert flat[0][-2] < flat[0][1] - 0.05  # it learnt: the comparison is not of two untrained models
+    assert len(resumed.step_times_s) == 10
+    assert {"resumed_at_step": 5, "step": 5} in resumed.train_log
+    losses = [[h["loss"] for h in r.train_log if "loss" in h] for r in (whole, resumed)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
