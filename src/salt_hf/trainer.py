@@ -19,7 +19,7 @@ from .losses.head import FusedHead
 from .schedules import auto_kd_end, auto_kd_weight, kd_weight
 from .selection import KDSelection, select_kd_data
 from .speedups import regroup_by_layer, warmup_inputs
-from .targets import ROW_ID, StoredTeacher
+from .targets import StoredTeacher
 from .teacher import Teacher
 
 logger = get_logger(__name__)
@@ -48,8 +48,7 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
             Every other argument of `Trainer`.
 
     Attributes:
-        teacher (`salt_hf.teacher.Teacher`, `salt_hf.targets.StoredTeacher` or `None`): the teacher and its lifecycle
-            (a store of its targets under `args.teacher_targets`); None when SALT is off.
+        teacher (`Teacher`, `StoredTeacher` or `None`): the teacher, or its stored targets; None without SALT.
         kd_selection (`salt_hf.selection.KDSelection` or `None`): SALT_DS's scores and selection, once computed.
         kd_sampler (`salt_hf.selection.KDSelectionSampler` or `None`): SALT_DS's sample order, once built.
         fused_head (`salt_hf.losses.head.FusedHead`): which loss implementation the run uses (`.implementation`), why.
@@ -76,13 +75,9 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         # folder (read, not loaded: the teacher loads when the KD stage starts) and the teacher against the student.
         distils = source is not None and args.kd_weight > 0.0
         check_launch(args, distils=distils)
-        if args.teacher_targets is not None and args.kd_weight > 0.0:
-            # stored targets: read by packed-row index; the teacher, when named too, is checked but never loaded
-            teacher = StoredTeacher(args.teacher_targets, teacher_source=source)
-            self.kd_vocab_size = teacher.check_student(model, kwargs.get("processing_class"), teacher_processing_class)
-            teacher.check_run(kwargs.get("train_dataset"), args)
-            kwargs["train_dataset"] = with_row_ids(kwargs["train_dataset"])
-            self.teacher = teacher
+        if args.teacher_targets is not None and args.kd_weight > 0.0:  # stored targets: the teacher is never loaded
+            stored = StoredTeacher.for_run(args, source, model, teacher_processing_class, kwargs)
+            self.teacher, self.kd_vocab_size, kwargs["train_dataset"] = stored
         elif distils:
             teacher = Teacher(source, init_kwargs=args.teacher_model_init_kwargs, placement=args.teacher_placement)
             teacher.check_source()
@@ -96,6 +91,8 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
                 f"SALTTrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in one process): "
                 "launch one process per GPU with `accelerate launch` or `torchrun`."
             )
+        if isinstance(self.teacher, StoredTeacher):
+            self.teacher.keep_row_ids(self)
         self.fused_head = FusedHead(self.args, self.accelerator, self.kd_vocab_size)
         fsdp = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None
         self.fused_head.check_models(self.model, self.teacher_model, None if fsdp is None else fsdp.fsdp_version)
@@ -229,11 +226,6 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
         )
         return self.kd_sampler
 
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if isinstance(self.teacher, StoredTeacher) and ROW_ID not in self._signature_columns:
-            self._signature_columns.append(ROW_ID)  # kept for compute_loss, which pops it before the forward
-
     # ---- optimizer ------------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
@@ -259,14 +251,13 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
     ):
         training = model.training
         inputs = warmup_inputs(dict(inputs), self.state.global_step, self.args) if training else dict(inputs)
-        row_ids = inputs.pop(ROW_ID, None)  # stored teacher targets: the rows' indices in the training set
         shift_labels = pop_shift_labels(inputs)
         w = self.current_kd_weight(self.state.global_step) if training else 0.0
         if w > 0.0:
             # w is the same on every process (a ZeRO-3 teacher's forward and placement are collectives)
             self.place_teacher()
         teacher = self.teacher if w > 0.0 else None
-        outputs, out = self.fused_head.loss(model, inputs, shift_labels, teacher, w, return_outputs, row_ids)
+        outputs, out = self.fused_head.loss(model, inputs, shift_labels, teacher, w, return_outputs)
         loss = self._normalise(out.loss, out.num_tokens, num_items_in_batch)
         if training:
             kd_tokens = out.num_tokens if w > 0.0 else torch.zeros_like(out.num_tokens)
@@ -307,23 +298,3 @@ class SALTTrainer(PreemptionSafeCheckpoints, Trainer):
             # eval losses are the plain NLL per token (w = 0 in eval), comparable between SALT and the baseline
             logs[key[: -len("loss")] + "perplexity"] = math.exp(min(logs[key], 700.0))
         super().log(logs, start_time)
-
-
-class _RowIds(torch.utils.data.Dataset):
-    """A map-style dataset whose rows carry their index (`ROW_ID`), for datasets that are not `datasets.Dataset`."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return {**self.dataset[index], ROW_ID: index}
-
-
-def with_row_ids(dataset):
-    """The training set with each row's index as a `ROW_ID` column, by which stored teacher targets are read."""
-    if hasattr(dataset, "add_column") and hasattr(dataset, "column_names"):
-        return dataset if ROW_ID in dataset.column_names else dataset.add_column(ROW_ID, list(range(len(dataset))))
-    return _RowIds(dataset)

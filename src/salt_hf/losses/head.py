@@ -36,6 +36,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from ..schedules import loss_weights
+from ..targets.stored import ROW_ID
 from .chunks import SALTLossOutput
 from .fused_linear import fused_linear_logits, fused_linear_salt_loss
 from .logits import salt_loss
@@ -400,22 +401,22 @@ class FusedHead:
         finally:
             self.loss_only = False
 
-    def loss(self, model, inputs, labels, teacher, kd_weight: float, return_outputs: bool = False, row_ids=None):
+    def loss(self, model, inputs, labels, teacher, kd_weight: float, return_outputs: bool = False):
         """
         The model's outputs and `SALTLossOutput` for one batch, with the KD term against `teacher` (a
-        `salt_hf.teacher.Teacher`, placed, or a `salt_hf.targets.StoredTeacher`, read at the batch's `row_ids`; None
-        without one) at weight `kd_weight`. Logits are returned (the logits path) when `return_outputs` asks for them
-        outside a loss-only evaluation.
+        `salt_hf.teacher.Teacher`, placed, or a `salt_hf.targets.StoredTeacher`, read at the batch's row ids, the
+        `ROW_ID` column; None without one) at weight `kd_weight`. Logits are returned (the logits path) when
+        `return_outputs` asks for them outside a loss-only evaluation.
         """
         # transformers adds `skip_logits=True` to a loss-only evaluation's batch under `use_liger_kernel`, for Liger's
         # forward to compute its own cross-entropy from the labels, and that forward refuses it without labels. Both
         # models get no labels here (SALT computes its loss itself), so Liger's forward calls the output layer, as the
         # model's own would, on both paths.
-        inputs = {key: value for key, value in inputs.items() if key != "skip_logits"}
+        row_ids = inputs.get(ROW_ID)  # the rows' indices in the training set, for stored teacher targets
+        inputs = {key: value for key, value in inputs.items() if key not in ("skip_logits", ROW_ID)}
         if teacher is not None and getattr(teacher, "stores_targets", False):
-            return self._stored(
-                model, inputs, labels, teacher.targets(row_ids, labels.device), kd_weight, return_outputs
-            )
+            targets = teacher.targets(row_ids, labels.device)
+            return self._stored(model, inputs, labels, targets, kd_weight, return_outputs)
         if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):
             result = self._fused(model, inputs, labels, teacher, kd_weight)
             if result is not None:

@@ -11,7 +11,7 @@ by every later student run (`SALTConfig(teacher_targets=PATH)`) instead of a tea
 
 from .draw import FORMS, RowTargets, row_targets, row_uniforms, sample_ids, weights_of
 from .store import Manifest, StoreError, TargetStore, rows_fingerprint, tokenizer_fingerprint
-from .stored import ROW_ID, StoredTeacher
+from .stored import ROW_ID, StoredTeacher, with_row_ids
 from .writer import write_store
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "sample_ids",
     "tokenizer_fingerprint",
     "weights_of",
+    "with_row_ids",
     "write_store",
 ]

@@ -36,6 +36,26 @@ class StoredTeacher:
         if isinstance(teacher_source, str):
             self._check_teacher(teacher_source)
 
+    @classmethod
+    def for_run(cls, args, teacher_source, student, teacher_tokenizer, trainer_kwargs: dict):
+        """
+        The store of `args.teacher_targets` checked against the run (teacher, the tokenizer `processing_class`,
+        student, `train_dataset`, temperature); returns it, the vocabulary KD is computed over, and the training set
+        with its rows' ids.
+        """
+        store = cls(args.teacher_targets, teacher_source=teacher_source)
+        vocab = store.check_student(student, trainer_kwargs.get("processing_class"), teacher_tokenizer)
+        dataset = trainer_kwargs.get("train_dataset")
+        store.check_run(dataset, args)
+        return store, vocab, with_row_ids(dataset)
+
+    @staticmethod
+    def keep_row_ids(trainer) -> None:
+        """The Trainer drops the columns its model's forward does not take: keep the rows' ids for the loss."""
+        trainer._set_signature_columns_if_needed()
+        if ROW_ID not in trainer._signature_columns:
+            trainer._signature_columns.append(ROW_ID)
+
     @property
     def name(self) -> str:
         return f"{self.manifest.teacher} (stored targets: {self.path})"
@@ -111,3 +131,23 @@ class StoredTeacher:
         if row_ids is None:
             raise RuntimeError(f"a batch without its {ROW_ID!r} column reached the loss with stored teacher targets")
         return self.store.sparse_targets(row_ids.tolist(), device)
+
+
+class _RowIds(torch.utils.data.Dataset):
+    """A map-style dataset whose rows carry their index (`ROW_ID`), for datasets that are not `datasets.Dataset`."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return {**self.dataset[index], ROW_ID: index}
+
+
+def with_row_ids(dataset):
+    """The training set with each row's index as a `ROW_ID` column, by which stored teacher targets are read."""
+    if hasattr(dataset, "add_column") and hasattr(dataset, "column_names"):
+        return dataset if ROW_ID in dataset.column_names else dataset.add_column(ROW_ID, list(range(len(dataset))))
+    return _RowIds(dataset)
