@@ -21,7 +21,7 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 
 from ..config import SALTConfig
-from ..targets import Manifest, StoreError, rows_fingerprint, tokenizer_fingerprint, write_store
+from ..targets import Manifest, StoreError, store_targets
 from ..teacher import Teacher, check_tokenizers_match, load_teacher_tokenizer, output_vocab_size
 from .args import DataArguments, InputError, ModelArguments, RunArguments, as_input_error, parse_args
 from .preflight import check_arguments, check_sources
@@ -66,7 +66,7 @@ def check_target_arguments(data_args: DataArguments, training_args: SALTConfig, 
 def load_teacher_for_targets(training_args: SALTConfig, tokenizer):
     """
     The teacher's fingerprint (of its folder's files, as salt-train reads it, before loading), the teacher checked
-    against the tokenizer and loaded on this process's device, and the vocabulary of the store.
+    against the tokenizer and loaded on this process's device.
     """
     path = training_args.teacher_model_name_or_path
     teacher = Teacher(path, init_kwargs=training_args.teacher_model_init_kwargs)
@@ -78,7 +78,7 @@ def load_teacher_for_targets(training_args: SALTConfig, tokenizer):
         if vocab > output_vocab_size(module):
             raise ValueError(f"its output layer has {output_vocab_size(module)} rows, the tokenizer {vocab} tokens.")
     module.to(PartialState().device).eval().requires_grad_(False)
-    return fingerprint, teacher.name, module, vocab
+    return fingerprint, module
 
 
 def run(model_args, data_args, training_args: SALTConfig, targets: TargetArguments) -> Manifest:
@@ -87,27 +87,21 @@ def run(model_args, data_args, training_args: SALTConfig, targets: TargetArgumen
     check_sources(model_args, data_args, training_args)
     tokenizer, packed = load_packed_data(model_args, data_args, training_args.seed)
     train = packed["train"]
-    fingerprint, name, module, vocab = load_teacher_for_targets(training_args, tokenizer)
-    manifest = Manifest(
-        form=targets.targets_form,
-        k=min(targets.targets_k, vocab) if targets.targets_form == "topk" else targets.targets_k,
-        temperature=training_args.kd_temperature,
-        seed=targets.targets_seed,
-        vocab_size=vocab,
-        seq_length=data_args.seq_length,
-        rows=len(train),
-        dataset_rows=len(train),
-        rows_per_shard=targets.targets_rows_per_shard,
-        data_fingerprint=rows_fingerprint(train, len(train)),
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        teacher_fingerprint=fingerprint,
-        teacher=name,
-        dtype=str(next(module.parameters()).dtype).removeprefix("torch."),
-    )
+    fingerprint, module = load_teacher_for_targets(training_args, tokenizer)
     start = time.perf_counter()
     with as_input_error(StoreError):  # a folder holding another store or other files: refused before any write
-        written = write_store(
-            module, train, training_args.teacher_targets, manifest, batch_size=targets.targets_batch_size
+        written = store_targets(
+            module,
+            train,
+            training_args.teacher_targets,
+            form=targets.targets_form,
+            k=targets.targets_k,
+            temperature=training_args.kd_temperature,
+            seed=targets.targets_seed,
+            tokenizer=tokenizer,
+            rows_per_shard=targets.targets_rows_per_shard,
+            batch_size=targets.targets_batch_size,
+            teacher_fingerprint=fingerprint,
         )
     seconds = time.perf_counter() - start
     tokens = written.rows * written.seq_length

@@ -12,7 +12,7 @@ by every later student run (`SALTConfig(teacher_targets=PATH)`) instead of a tea
 from .draw import FORMS, RowTargets, row_targets, row_uniforms, sample_ids, weights_of
 from .store import Manifest, StoreError, TargetStore, rows_fingerprint, tokenizer_fingerprint
 from .stored import ROW_ID, StoredTeacher, with_row_ids
-from .writer import write_store
+from .writer import store_targets, write_store
 
 __all__ = [
     "FORMS",
@@ -26,6 +26,7 @@ __all__ = [
     "row_uniforms",
     "rows_fingerprint",
     "sample_ids",
+    "store_targets",
     "tokenizer_fingerprint",
     "weights_of",
     "with_row_ids",

@@ -18,7 +18,17 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 
 from .draw import FORMS, row_targets, row_uniforms
-from .store import MANIFEST, Manifest, StoreError, file_sha256, shard_name, shard_ranges, write_shard
+from .store import (
+    MANIFEST,
+    Manifest,
+    StoreError,
+    file_sha256,
+    rows_fingerprint,
+    shard_name,
+    shard_ranges,
+    tokenizer_fingerprint,
+    write_shard,
+)
 
 logger = get_logger(__name__)
 
@@ -175,3 +185,67 @@ def write_store(
         (folder / PENDING).unlink()
     state.wait_for_everyone()
     return Manifest.read(folder)
+
+
+def store_targets(
+    teacher: torch.nn.Module | str,
+    dataset,
+    folder: str | Path,
+    *,
+    form: str = "sampled",
+    k: int = 16,
+    temperature: float = 1.0,
+    seed: int = 0,
+    tokenizer=None,
+    vocab_size: int | None = None,
+    rows_per_shard: int = 1024,
+    batch_size: int = 8,
+    teacher_fingerprint: str | None = None,
+    device=None,
+) -> Manifest:
+    """
+    Runs the teacher once over every row of `dataset` (packed rows: `input_ids`, optionally `labels`) and writes the
+    store of its targets into `folder`, for `SALTConfig(teacher_targets=folder)`; the Python side of
+    `salt-teacher-targets`. Resumes an interrupted store; refuses a folder holding anything else.
+
+    Args:
+        teacher (`torch.nn.Module` or `str`): the teacher, or its `save_pretrained` folder (then loaded here).
+        dataset: the training set exactly as the student's run will get it (same rows, same order).
+        folder (`str` or `os.PathLike`): where the store goes.
+        form (`str`, *optional*, defaults to `"sampled"`): `"sampled"` (K draws with counts: unbiased) or `"topk"`.
+        k (`int`, *optional*, defaults to `16`): draws per token (at most 255) or ids kept.
+        temperature (`float`, *optional*, defaults to `1.0`): the run's `kd_temperature`.
+        seed (`int`, *optional*, defaults to `0`): seed of the draws.
+        tokenizer (*optional*): the run's tokenizer, recorded so that a run with another one is refused; its length
+            is the vocabulary stored (else `vocab_size`, else the teacher's output size).
+        teacher_fingerprint (`str`, *optional*): defaults to a hash of the teacher's folder (given by path) or of its
+            weights; a run that names the teacher by its folder compares it with the folder's hash.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ..selection.cache import model_fingerprint, path_fingerprint
+    from ..teacher import output_vocab_size
+
+    name = teacher if isinstance(teacher, str) else getattr(teacher, "name_or_path", "") or type(teacher).__name__
+    if isinstance(teacher, str):
+        teacher_fingerprint = teacher_fingerprint or path_fingerprint(teacher)
+        teacher = AutoModelForCausalLM.from_pretrained(teacher)
+    teacher_fingerprint = teacher_fingerprint or model_fingerprint(teacher)
+    vocab = len(tokenizer) if tokenizer is not None else vocab_size or output_vocab_size(teacher)
+    manifest = Manifest(
+        form=form,
+        k=min(k, vocab) if form == "topk" else k,
+        temperature=float(temperature),
+        seed=seed,
+        vocab_size=vocab,
+        seq_length=len(dataset[0]["input_ids"]),
+        rows=len(dataset),
+        dataset_rows=len(dataset),
+        rows_per_shard=rows_per_shard,
+        data_fingerprint=rows_fingerprint(dataset, len(dataset)),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        teacher_fingerprint=teacher_fingerprint,
+        teacher=str(name),
+        dtype=str(next(teacher.parameters()).dtype).removeprefix("torch."),
+    )
+    return write_store(teacher, dataset, folder, manifest, batch_size=batch_size, device=device)
