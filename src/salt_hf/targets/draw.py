@@ -36,13 +36,13 @@ def row_uniforms(seed: int, row: int, length: int, k: int) -> torch.Tensor:
     return torch.rand(length, k, generator=generator, dtype=torch.float64)
 
 
-def sample_ids(log_p: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_ids(log_p: torch.Tensor, uniforms: torch.Tensor, p: torch.Tensor | None = None):
     """
-    K draws with replacement from each row of `exp(log_p)` ([L, V] fp64 log-probabilities) by inverting the CDF at the
-    [L, K] `uniforms`; returns the distinct ids of each row sorted, with their counts ([L, K]; unused slots hold id 0
-    and count 0).
+    K draws with replacement from each row of `exp(log_p)` ([L, V] log-probabilities; `p`, their exponent, when
+    already at hand) by inverting the CDF, summed in fp64, at the [L, K] `uniforms`; returns the distinct ids of each
+    row sorted, with their counts ([L, K]; unused slots hold id 0 and count 0).
     """
-    cdf = log_p.exp().cumsum(-1)
+    cdf = (log_p.exp() if p is None else p).double().cumsum(-1)
     u = uniforms.to(cdf.device)
     drawn = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=log_p.shape[-1] - 1)
     drawn, _ = drawn.sort(dim=-1)
@@ -74,21 +74,21 @@ def row_targets(
         temperature (`float`): tau; the targets describe softmax(logits / tau).
         uniforms (`torch.Tensor` of shape `[L, K]`, *optional*): the row's uniforms (`row_uniforms`); "sampled" only.
     """
-    z = logits.double()
+    z = logits.float()
     log_p1 = torch.log_softmax(z, dim=-1)
     mask = next_tokens != -100
     safe = torch.where(mask, next_tokens, 0).unsqueeze(-1)
-    teacher_nll = torch.where(mask, -log_p1.gather(-1, safe).squeeze(-1), 0.0).float()
+    teacher_nll = torch.where(mask, -log_p1.gather(-1, safe).squeeze(-1), 0.0)
     log_p = log_p1 if temperature == 1.0 else torch.log_softmax(z / temperature, dim=-1)
     if form == "sampled":
-        ids, counts = sample_ids(log_p, uniforms)
-        # -H(p) = sum_v p log p (0 log 0 = 0)
-        offset = torch.where(log_p.isfinite(), log_p.exp() * log_p, 0.0).sum(-1).float()
+        p = log_p.exp()
+        ids, counts = sample_ids(log_p, uniforms, p)
+        offset = torch.where(p > 0, p * log_p, 0.0).sum(-1)  # -H(p), with 0 log 0 = 0
         return RowTargets(ids, counts.to(torch.uint8), teacher_nll, offset)
     top, ids = log_p.topk(k, dim=-1)
     w = torch.log_softmax(top, dim=-1)  # the top K renormalised
-    offset = (w.exp() * w).sum(-1).float()
-    return RowTargets(ids, top.float(), teacher_nll, offset)
+    offset = (w.exp() * w).sum(-1)
+    return RowTargets(ids, top, teacher_nll, offset)
 
 
 def weights_of(form: str, values: torch.Tensor) -> torch.Tensor:
