@@ -8,13 +8,13 @@ TORCH_PIN ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint docs figures bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[dev,deepspeed,eval]'
+	$(PIP) install -q -e '.[dev,deepspeed,eval,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,6 +30,14 @@ test-slow: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The site into build/site/ (mkdocs.yml): strict, so a broken link, anchor or API name fails it; offline.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# Every figure of README.md and docs/ from the benchmarks' committed JSON (benchmarks/results/) into docs/figures/.
+figures: install
+	$(PY) scripts/figures.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
