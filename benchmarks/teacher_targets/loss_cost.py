@@ -8,9 +8,9 @@ and backward on the same student hidden states ([tokens, H], the student's outpu
 (SALT's plain stage), the KD term against stored targets (sampled and top-K, K ids per token, as the trainer reads
 them from a store), and the KD term against an online teacher's hidden states and output weight (its forward not
 counted). They run interleaved, round after round, each round starting with the next variant; the ratio of each
-round's times to the plain loss's in the same
-round is taken, and the median over the rounds reported (a busy machine slows a round as a whole). Transient memory:
-each variant once in a fresh process, its peak resident set above the resident set before it (step_cost.py's method).
+round's times to the plain loss's in the same round is taken, and the median over the rounds reported (a busy machine
+slows a round as a whole). Transient memory: each variant once in a fresh process, its peak resident set above the
+resident set before it (step_cost.py's method).
 """
 
 from __future__ import annotations
