@@ -1,9 +1,15 @@
 """The benchmarks' shared half: the recipe, a run's spec, building and training one run, and its typed result.
 
-The suite scripts (salt_benchmark.py, speedups_benchmark.py) declare their runs as `RunSpec`s, train each with
-`train_run` in worker processes, store every result as JSON, and summarise the stored JSON as a step of its own.
-step_cost.py and scoring_cost.py build their models here too. A script run as `python benchmarks/<script>.py` has
-this folder first on sys.path, so `import bench` needs no set-up.
+The suite scripts (salt_suite/salt_benchmark.py, regime/regime_benchmark.py, ...) declare their runs as `RunSpec`s,
+train each with `train_run` in worker processes, store every result as JSON, and summarise the stored JSON as a step of
+its own. micro/step_cost.py and micro/scoring_cost.py build their models here too.
+
+The one shared module, at benchmarks/ itself; each study lives in a folder beside it (benchmarks/README.md). A study's
+script starts with a two-line shim that puts benchmarks/ first on sys.path and imports this module, which puts every
+study folder on sys.path right behind benchmarks/ (`STUDIES`): after `import bench`, any study's module is imported by
+its flat name (`import paper_regime_runs`, `import step_cost`), and a name means the same file from whichever folder
+the script runs. The folders go ahead of the script's own folder, so a name two studies define (teacher_targets/ has a
+script named step_cost.py too) resolves to the first in `STUDIES`' order, never to the running script's sibling.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ from salt_hf.models import new_model_config
 
 HERE = Path(__file__).resolve().parent
 WORK, RESULTS = HERE / "work", HERE / "results"  # prepared corpora and run folders (not committed); raw JSON
+# every study folder (one holding a README.md), in name order: micro/ (step_cost.py, imported by other studies) comes
+# before teacher_targets/ (whose step_cost.py is a script of its own, never imported)
+STUDIES = sorted(p for p in HERE.iterdir() if (p / "README.md").is_file() and p not in (WORK, RESULTS))
+_at = sys.path.index(str(HERE)) + 1 if str(HERE) in sys.path else 0
+sys.path[_at:_at] = [str(p) for p in STUDIES if str(p) not in sys.path[:_at]]
 
 # ---- the recipe: the RESEARCH.md probe's regime (sequence 128, batch 16, AdamW 2e-3 cosine) -----------------------
 BATCH, LR, WARMUP, WEIGHT_DECAY = 16, 2e-3, 50, 0.01
@@ -353,15 +364,16 @@ def invocation_figures(summary_path: Path, figures: dict, summarise_only: bool) 
 
 
 def measure_step_costs(pairs: dict[str, tuple[str, str]], out: Path, vocab: int, seq: int, steps: int = 40) -> dict:
-    """step_cost.py for each (student, teacher) pair: one thread, BATCH rows of `seq` tokens, the plain Trainer step,
-    SALT's KD step (teacher forward included) and its plain-stage step interleaved in one process; random token ids
-    (a step's cost does not depend on them). Writes {key: step_cost.py's row} to `out`. Run it on an idle machine."""
+    """micro/step_cost.py for each (student, teacher) pair: one thread, BATCH rows of `seq` tokens, the plain Trainer
+    step, SALT's KD step (teacher forward included) and its plain-stage step interleaved in one process; random token
+    ids (a step's cost does not depend on them). Writes {key: step_cost.py's row} to `out`. Run it on an idle
+    machine."""
     rows = {}
     for key, (student, teacher) in pairs.items():
         path = out.with_name(f"{out.stem}_{key}.json")
         cmd = [
             sys.executable,
-            str(Path(__file__).with_name("step_cost.py")),
+            str(HERE / "micro" / "step_cost.py"),
             "--vocabs",
             str(vocab),
             "--seq",

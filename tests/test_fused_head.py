@@ -357,7 +357,7 @@ def test_fused_step_forms_no_tokens_by_vocab_tensor(tmp_path, tokenizer, token_s
 @pytest.mark.parametrize("implementation", ["auto", "fused_linear"])
 def test_fsdp2_keeps_the_fused_path_fsdp1_falls_back(tmp_path, tokenizer, teacher, caplog, implementation):
     """What `SALTTrainer.__init__` asks of `FusedHead` under FSDP (the Trainer refuses FSDP without a GPU: the real
-    FSDP2 step is tests/distributed/test_fsdp2.py below the Trainer, and benchmarks/gpu_check.py through it)."""
+    FSDP2 step is tests/distributed/test_fsdp2.py below the Trainer, and benchmarks/gpu_check/ through it)."""
     PartialState()  # the head logs through accelerate's logger
     args = config(tmp_path, loss_implementation=implementation)
     head = FusedHead(args, accelerator=None)
@@ -472,7 +472,7 @@ def test_liger_evaluation_hint_is_dropped(tmp_path, tokenizer, token_stream, tea
 def test_liger_kernel_trains_salts_objective(tmp_path, tokenizer, token_stream, teacher):
     """
     The real Liger (skipped without it: its Triton kernels need a GPU, and its import needs triton): the forward it
-    patches in, with SALT's fused loss. Its RMSNorm, SwiGLU and RoPE kernels run on GPUs only; benchmarks/gpu_check.py
+    patches in, with SALT's fused loss. Its RMSNorm, SwiGLU and RoPE kernels run on GPUs only; benchmarks/gpu_check/
     runs them.
     """
     pytest.importorskip("liger_kernel.transformers", reason="liger-kernel (and triton) not installed")

@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.py at toy sizes on CPU (`--device cpu --small`): the one-call GPU check of issue 22 is known to
-run, and what runs on CPU passes (the fused path against the logits path, against TRL's loss where installed,
-compiled against eager, the FSDP2 launch); the GPU figures come from `--device cuda` on a GPU machine."""
+"""benchmarks/gpu_check/gpu_check.py at toy sizes on CPU (`--device cpu --small`): the one-call GPU check of issue 22
+is known to run, and what runs on CPU passes (the fused path against the logits path, against TRL's loss where
+installed, compiled against eager, the FSDP2 launch); the GPU figures come from `--device cuda` on a GPU machine."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.distributed  # its FSDP2 part launches torchrun
 def test_gpu_check_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--small", "--threads", "1"]
+    script = ROOT / "benchmarks" / "gpu_check" / "gpu_check.py"
+    cmd = [sys.executable, str(script), "--device", "cpu", "--small", "--threads", "1"]
     cmd += ["--out", str(out), "--work", str(tmp_path / "work")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]

@@ -1,6 +1,6 @@
-"""The paper-regime suite's summary step (issue 24, benchmarks/paper_regime_summary.py): its reading of budgets and
-cooldown branches by hand-worked cases, its run lists, and `--summarise-only` on the committed runs reproducing the
-committed summary.json."""
+"""The paper-regime suite's summary step (issue 24, benchmarks/paper_regime/paper_regime_summary.py): its reading of
+budgets and cooldown branches by hand-worked cases, its run lists, and `--summarise-only` on the committed runs
+reproducing the committed summary.json."""
 
 from __future__ import annotations
 

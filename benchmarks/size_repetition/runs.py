@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# The shared helpers (bench.py, paper_regime_runs.py) live one folder up, in benchmarks/, which is not a package.
+# bench.py lives one folder up (benchmarks/ is not a package); importing it puts paper_regime/ on the path too.
 sys.path.insert(0, str(HERE.parent))
 
 import bench  # noqa: E402

@@ -23,7 +23,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-# The shared helpers (bench.py, regime_benchmark.py) live one folder up, in benchmarks/, which is not a package.
+# bench.py lives one folder up (benchmarks/ is not a package); importing it puts regime/ on the path too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402

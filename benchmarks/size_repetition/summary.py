@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# The shared helpers (bench.py, paper_regime_summary.py) live one folder up, in benchmarks/, which is not a package.
+# bench.py lives one folder up (benchmarks/ is not a package); importing it puts paper_regime/ on the path too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402

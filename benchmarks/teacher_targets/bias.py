@@ -12,6 +12,7 @@ top-K form's error is the same every time (bias).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -74,4 +75,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # no options: --help prints what it measures
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

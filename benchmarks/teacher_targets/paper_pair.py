@@ -1,11 +1,11 @@
 """Stored teacher targets on the paper-regime pair: the teacher run once, its targets read by SALT runs.
 
-    python benchmarks/regime_benchmark.py --prepare                          # the corpora (once)
+    python benchmarks/regime/regime_benchmark.py --prepare                          # the corpora (once)
     python benchmarks/teacher_targets/paper_pair.py --precompute             # the stores (sampled and top-K, K 16)
     python benchmarks/teacher_targets/paper_pair.py --train --seeds 0 --commit   # SALT reading each store
     python benchmarks/teacher_targets/paper_pair.py --summarise-only
 
-The pair and recipe are the paper-regime suite's (benchmarks/paper_regime.py, python corpus): the 0.47M student
+The pair and recipe are the paper-regime suite's (paper_regime/paper_regime.py, python corpus): the 0.47M student
 (4x96) with the half-size teacher (3x80, 0.26M), 4,700 steps of 16 x 128 tokens, the automatic stop with the additive
 end, w 0.5. The online-teacher runs of the same seeds are that suite's stored runs (auto_additive_s0, auto_s1), and its
 baseline_s0 is the target. Each stored-target run's JSON goes to results/teacher_targets/runs/ as it finishes; the

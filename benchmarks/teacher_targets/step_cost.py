@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared helpers beside the studies
 
+import bench  # noqa: E402, F401  (puts micro/, whose step_cost.py this imports, on sys.path)
 import step_cost  # noqa: E402
 import torch  # noqa: E402
 from bench import RESULTS, build_model, write_json  # noqa: E402

@@ -2,7 +2,7 @@
 The fused-linear loss on an FSDP2 student (issue 22): `fully_shard` on every decoder layer and the root of a tiny
 Llama, tied and untied output layers, 2 real processes (gloo, CPU) each with half of the batch (unequal supervised
 lengths), `SALTTrainer.compute_loss` + backward + one SGD step. Below the Trainer, because the Trainer refuses FSDP
-without a GPU (benchmarks/gpu_check.py runs the Trainer-level FSDP2 step on one). The reference is one process
+without a GPU (benchmarks/gpu_check/ runs the Trainer-level FSDP2 step on one). The reference is one process
 holding all 4 sequences, unsharded, through `Trainer.train()` on the logits path.
 """
 

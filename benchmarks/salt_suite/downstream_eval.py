@@ -1,8 +1,8 @@
 """Downstream check in the paper's spirit: lm-evaluation-harness on the benchmark's saved students and teacher, on
 the offline LAMBADA-style last-word task (salt_hf.evaluation) cut from the corpus's held-out documents.
 
-    python benchmarks/salt_benchmark.py --corpus prose --save-models ...    # students saved in work/prose/runs/*/final
-    python benchmarks/downstream_eval.py --corpus prose [--results benchmarks/results/cpu]
+    python benchmarks/salt_suite/salt_benchmark.py --corpus prose --save-models ...  # keeps the students
+    python benchmarks/salt_suite/downstream_eval.py --corpus prose [--results benchmarks/results/cpu]
 
 Every model is scored on the same passages (same held-out text, same seed) by the functions `salt-eval` runs
 (salt_hf.evaluation, with its defaults), zero-shot: the models' window is 128 tokens, too short for few-shot prompts.
@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import RESULTS, WORK, teacher_dir, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf.evaluation import LASTWORD_TASK, evaluate_checkpoint, lastword_passages, write_lastword_task
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+from bench import RESULTS, WORK, teacher_dir, write_json  # noqa: E402
+
+from salt_hf.evaluation import LASTWORD_TASK, evaluate_checkpoint, lastword_passages, write_lastword_task  # noqa: E402
 
 
 def heldout_folder(corpus: str) -> Path:

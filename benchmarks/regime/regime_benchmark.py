@@ -1,9 +1,9 @@
 """SALT in its own regime: a student that outgrows its small teacher during the run (issue 17).
 
-    python benchmarks/regime_benchmark.py --prepare                    # corpora with a 300-token vocabulary
-    python benchmarks/regime_benchmark.py --corpus python              # every run not stored yet, pair by pair
-    python benchmarks/regime_benchmark.py --corpus python --summarise-only
-    python benchmarks/regime_benchmark.py --step-cost                  # on an idle machine: the step costs below
+    python benchmarks/regime/regime_benchmark.py --prepare                    # corpora with a 300-token vocabulary
+    python benchmarks/regime/regime_benchmark.py --corpus python              # every run not stored yet, pair by pair
+    python benchmarks/regime/regime_benchmark.py --corpus python --summarise-only
+    python benchmarks/regime/regime_benchmark.py --step-cost   # on an idle machine: the step costs below
 
 The suite first shows that it is in SALT's regime (the baseline student passes the teacher's final held-out loss
 before half of its run, and KD for the whole run ends ABOVE the baseline: the paper's negative control), then
@@ -36,9 +36,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-import bench
-import torch
-from bench import RESULTS, WORK, RunResult, RunSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
+
+import bench  # noqa: E402
+import torch  # noqa: E402
+from bench import RESULTS, WORK, RunResult, RunSpec  # noqa: E402
 
 ROOT = RESULTS / "regime"
 VOCAB, SEQ = 300, 128  # a small vocabulary puts the parameters in the layers, where capacity differs
@@ -423,7 +425,7 @@ def _stats(block: dict, key: str) -> str:
 
 
 def markdown(summary: dict) -> str:
-    """RESULTS.md's tables for one corpus, from its summary."""
+    """REPORT.md's tables for one corpus, from its summary."""
     lines = [
         "| teacher | size | final test loss | gain in its last half | baseline passes it at step | KD all run |",
         "|---|---|---|---|---|---|",

@@ -1,18 +1,24 @@
 """How the fused-linear loss's chunk size sets its time at a large vocabulary (issue 15's chunk floor).
 
-    python benchmarks/fused_chunk_size.py        # 1 thread, 512 tokens x vocab 151,936, ~6 min; prints seconds
+    python benchmarks/micro/fused_chunk_size.py  # 1 thread, 512 tokens x vocab 151,936, ~6 min; prints seconds
 
 One call of `fused_linear_salt_loss` with KD (student width 512, teacher 256) plus its backward, per chunk size
 (None: the automatic one), beside the plain cross-entropy on materialised logits, interleaved, two rounds. Each chunk
 re-reads the [V, H] output weight and reads and writes its fp32 gradient, so small chunks pay those passes many times.
 """
 
+import argparse
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf.losses import fused_linear_salt_loss
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from salt_hf.losses import fused_linear_salt_loss  # noqa: E402
 
 N, H, HT, V = 512, 512, 256, 151936
 SIZES = (27, 64, 128, 256, 512, None)  # 27: the 16 MiB rule at this vocabulary, the automatic chunk before issue 15
@@ -47,4 +53,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # no options: --help prints what it measures
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cache
+from pathlib import Path
 
-import bench
-from bench import RESULTS, RunResult, RunSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
+
+import bench  # noqa: E402
+from bench import RESULTS, RunResult, RunSpec  # noqa: E402
 
 ROOT = RESULTS / "paper_regime"
 STUDENT, STEPS = "4x96", 4700
@@ -61,8 +65,9 @@ def end_candidates() -> list[RunSpec]:
     ]
 
 
-# The end of the KD stage the suite runs with, chosen in point 0 (RESULTS.md section 8): the additive mix, whose loss
-# scale does not jump where the KD stage ends (no rise after it, on both halves; today's step end rose 0.05 nats).
+# The end of the KD stage the suite runs with, chosen in point 0 (paper_regime/REPORT.md, "The end of the KD stage"):
+# the additive mix, whose loss scale does not jump where the KD stage ends (no rise after it, on both halves; today's
+# step end rose 0.05 nats).
 CHOSEN_END: dict = {"kd_mix": "additive"}
 AUTO_S0 = "auto_additive_s0"  # the chosen end's seed-0 run is point 0's candidate run itself
 BUDGETS = (0.6, 0.7, 0.8)  # the budget form: the automatic stop on a shortened run, its schedule fit to it

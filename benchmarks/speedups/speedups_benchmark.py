@@ -1,8 +1,9 @@
 """Do the speed-ups of salt_hf.speedups and the Trainer pay off, alone and stacked with SALT? (issue 7)
 
-    python benchmarks/speedups_benchmark.py --corpus python --device cuda --workers 8
-    python benchmarks/speedups_benchmark.py --corpus python --device cpu --steps 20 --seeds 0 --only baseline,wsd_salt
-    python benchmarks/speedups_benchmark.py --corpus python --seeds 0 --summarise-only
+    python benchmarks/speedups/speedups_benchmark.py --corpus python --device cuda --workers 8
+    python benchmarks/speedups/speedups_benchmark.py --corpus python --device cpu --steps 20 --seeds 0 \
+        --only baseline,wsd_salt
+    python benchmarks/speedups/speedups_benchmark.py --corpus python --seeds 0 --summarise-only
 
 Each technique runs alone and with SALT's default recipe: a WSD schedule, cosine with a floor, sequence-length
 warmup, layer-wise learning rates, unfused AdamW against the default fused one, Adafactor, schedule-free AdamW. Same
@@ -18,13 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
-import bench
-import torch
-from bench import DEFAULT, RESULTS, WORK, RunResult, RunSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
+
+import bench  # noqa: E402
+import torch  # noqa: E402
+from bench import DEFAULT, RESULTS, WORK, RunResult, RunSpec  # noqa: E402
 
 # Each technique as the SALTConfig fields it changes; the baseline is salt_benchmark.py's recipe. Fractions of the run
 # (decay, warmup) are resolved against --steps in `technique_fields`.

@@ -1,7 +1,7 @@
 """SALT_DS scoring: throughput against the teacher's plain forward, and its cost against a SALT run's wall-clock.
 
-    python benchmarks/scoring_cost.py                       # CPU, writes results/scoring_cost.json
-    python benchmarks/scoring_cost.py --device cuda --out results/scoring_cost_cuda.json
+    python benchmarks/micro/scoring_cost.py                       # CPU, writes results/scoring_cost.json
+    python benchmarks/micro/scoring_cost.py --device cuda --out results/scoring_cost_cuda.json
 
 Throughput: the same rows go (a) through the teacher's plain forward under no_grad, batch by batch, and (b) through
 `salt_hf.selection.score_dataset` (row batching from a dataset, forward, `sequence_scores`, shard files), each pass
@@ -19,15 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from bench import RESULTS, STUDENT, StepTimer, build_model, sync, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf import SALTConfig, SALTTrainer
-from salt_hf.selection import score_dataset
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+import torch  # noqa: E402
+from bench import RESULTS, STUDENT, StepTimer, build_model, sync, write_json  # noqa: E402
+
+from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
+from salt_hf.selection import score_dataset  # noqa: E402
 
 
 @torch.no_grad()

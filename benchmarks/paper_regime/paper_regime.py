@@ -1,11 +1,11 @@
 """SALT where the paper measured it: a teacher about half the student's size, ~20 tokens per parameter (issue 24).
 
-    python benchmarks/regime_benchmark.py --prepare                     # the corpora (300-token BPE, rows of 128)
-    python benchmarks/paper_regime.py --corpus python --commit          # every run not stored yet
-    python benchmarks/paper_regime.py --corpus python --commit --only teachers,end
-    python benchmarks/paper_regime.py --corpus python --cooldowns --commit   # point 0's cooldown branches
-    python benchmarks/paper_regime.py --corpus python --summarise-only
-    python benchmarks/paper_regime.py --corpus python --step-cost       # step costs, on an otherwise idle machine
+    python benchmarks/regime/regime_benchmark.py --prepare   # the corpora (300-token BPE, rows of 128)
+    python benchmarks/paper_regime/paper_regime.py --corpus python --commit          # every run not stored yet
+    python benchmarks/paper_regime/paper_regime.py --corpus python --commit --only teachers,end
+    python benchmarks/paper_regime/paper_regime.py --corpus python --cooldowns --commit   # point 0's cooldown branches
+    python benchmarks/paper_regime/paper_regime.py --corpus python --summarise-only
+    python benchmarks/paper_regime/paper_regime.py --corpus python --step-cost  # step costs, idle machine
 
 The student (4 layers x 96, 0.47M parameters) trains 4,700 steps of 16 x 128 tokens: 9.6M tokens, 20.4 per
 parameter (1.59 epochs of the python corpus, 0.80 of prose). The teachers are smaller in width and depth: 3x80 (0.26M,
@@ -24,15 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
-import bench
-import kd_end
-import torch
-from bench import RESULTS, WORK, RunResult, RunSpec
-from paper_regime_runs import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
+
+import bench  # noqa: E402
+import kd_end  # noqa: E402
+import torch  # noqa: E402
+from bench import RESULTS, WORK, RunResult, RunSpec  # noqa: E402
+from paper_regime_runs import (  # noqa: E402
     CEILING_RUNS,
     OTHER,
     SAVE_EVERY,
@@ -44,9 +47,9 @@ from paper_regime_runs import (
     runs_dir,
     student,
 )
-from paper_regime_summary import end_report, print_end_report, write_outputs
-from regime_benchmark import commit as commit_files
-from regime_benchmark import corpus_name
+from paper_regime_summary import end_report, print_end_report, write_outputs  # noqa: E402
+from regime_benchmark import commit as commit_files  # noqa: E402
+from regime_benchmark import corpus_name  # noqa: E402
 
 COOLDOWN = 470  # a branch's linear decay to 0: a tenth of the run
 ENTROPY_ROWS = 64

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
-import bench
-import torch
-import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, TrainerCallback
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf import SALTTrainer
+import bench  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
+
+from salt_hf import SALTTrainer  # noqa: E402
 
 
 def token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

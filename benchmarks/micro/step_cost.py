@@ -1,10 +1,10 @@
 """Step time and peak memory of SALT's KD step (logits and fused-linear loss) against a plain Trainer step.
 
-    python benchmarks/step_cost.py            # CPU fp32, issue 15's table -> results/step_cost_fused.json
-    python benchmarks/step_cost.py --vocabs 8192 --tokens 512 --student 2x64 --teacher 1x32 --steps 1  # smoke run
-    python benchmarks/step_cost.py --device cuda --dtype bf16 --out results/step_cost_fused_gpu.json
-    python benchmarks/step_cost.py --summarise-only --out results/step_cost.json   # a stored table (issue 2's too)
-    python benchmarks/step_cost.py --profile --vocabs 151936 --tokens 1024   # where a step's time goes (top ops)
+    python benchmarks/micro/step_cost.py            # CPU fp32, issue 15's table -> results/step_cost_fused.json
+    python benchmarks/micro/step_cost.py --vocabs 8192 --tokens 512 --student 2x64 --teacher 1x32 --steps 1  # smoke
+    python benchmarks/micro/step_cost.py --device cuda --dtype bf16 --out results/step_cost_fused_gpu.json
+    python benchmarks/micro/step_cost.py --summarise-only --out results/step_cost.json  # a stored table
+    python benchmarks/micro/step_cost.py --profile --vocabs 151936 --tokens 1024   # where a step's time goes (top ops)
 
 Every step is the real thing, `training_step` and the optimizer step: `Trainer` (the model's own loss) and
 `SALTTrainer` with `loss_implementation="logits"` (the chunked loss on both models' logits) and `"fused_linear"`
@@ -28,11 +28,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from bench import RESULTS, build_model, sync, write_json
-from transformers import Trainer, TrainingArguments
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf import SALTConfig, SALTTrainer
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+import torch  # noqa: E402
+from bench import RESULTS, build_model, sync, write_json  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
 
 # Sizes from issue 15: a student 8 layers x 512 wide and a teacher 4 x 256, whose output layers are a large share of
 # their cost at these vocabularies; rows of 256 tokens (--seq; --tokens sets how many rows make a step).

@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import sys
+from pathlib import Path
 
-import bench
-from bench import RunResult
-from paper_regime_plots import plot
-from paper_regime_runs import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
+
+import bench  # noqa: E402
+from bench import RunResult  # noqa: E402
+from paper_regime_plots import plot  # noqa: E402
+from paper_regime_runs import (  # noqa: E402
     AUTO_S0,
     BUDGETS,
     CEILING_RUNS,
@@ -29,7 +33,7 @@ from paper_regime_runs import (
     scale_name,
     stacked_name,
 )
-from regime_benchmark import wallclock_at_measured_cost
+from regime_benchmark import wallclock_at_measured_cost  # noqa: E402
 
 
 def write_outputs() -> list:

@@ -3,9 +3,13 @@ as lines, the budget form, the gain against the teacher's size and against the s
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from bench import RunResult
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
+
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+from bench import RunResult  # noqa: E402
 
 # the curves drawn, when stored: the baseline, KD for the whole run (dashed), the automatic stop with each teacher,
 # the fixed ends

@@ -1,9 +1,9 @@
 """Does SALT pay off? Teacher, baseline, SALT schedules, a weight x n_KD grid, KD-for-the-whole-run (negative
-control), a second teacher size and shortened budgets, on one prepared corpus (benchmarks/prepare_corpora.py).
+control), a second teacher size and shortened budgets, on one prepared corpus (benchmarks/regime/prepare_corpora.py).
 
-    python benchmarks/salt_benchmark.py --corpus python --device cuda --workers 7
-    python benchmarks/salt_benchmark.py --corpus prose --device cpu --workers 1 --steps 600    # slow on 2 cores
-    python benchmarks/salt_benchmark.py --corpus python --summarise-only                       # seconds
+    python benchmarks/salt_suite/salt_benchmark.py --corpus python --device cuda --workers 7
+    python benchmarks/salt_suite/salt_benchmark.py --corpus prose --device cpu --workers 1 --steps 600  # slow, 2 cores
+    python benchmarks/salt_suite/salt_benchmark.py --corpus python --summarise-only                       # seconds
 
 Every run is a SALTTrainer run (the recipe and the run itself are in bench.py) with the same data order for the same
 seed. Validation rows (documents no run trains on) are split in two halves: `dev` picks the best setting, `test`
@@ -17,16 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import bench
-import torch
-from bench import DEFAULT, RESULTS, WORK, RunResult, RunSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-# The best setting by the dev half on both corpora (grid of section 2 in RESULTS.md, seed 0): its seeds 1 and 2
+import bench  # noqa: E402
+import torch  # noqa: E402
+from bench import DEFAULT, RESULTS, WORK, RunResult, RunSpec  # noqa: E402
+
+# The best setting by the dev half on both corpora (the grid in salt_suite/REPORT.md, seed 0): its seeds 1 and 2
 BEST = dict(DEFAULT, kd_weight=0.75, kd_ratio=0.4)
 # the groups whose seed-0 full-budget runs compete for "best setting" (by dev loss)
 SETTING_GROUPS = ("default", "schedule", "grid", "teacher_size")
@@ -54,7 +57,7 @@ def suite(steps: int) -> tuple[list[RunSpec], list[RunSpec]]:
         s.append(RunSpec(f"salt_budget_{frac}", steps=int(steps * frac), group="budget", **DEFAULT))
     for frac in (0.5, 0.6, 0.7):
         s.append(RunSpec(f"salt_best_budget_{frac}", steps=int(steps * frac), group="budget", **BEST))
-    # the best setting with w falling linearly over its KD stage: does the rebound at n_KD go away? (RESULTS.md sec. 3)
+    # the best setting with w falling linearly over its KD stage: does the rebound at n_KD go away? (REPORT.md)
     linear = {**BEST, "kd_schedule": "linear_decay"}
     s.append(RunSpec("salt_best_linear_decay", steps=steps, group="best_schedule", **linear))
     # SALT_DS: the default recipe with the KD stage drawn from the teacher's top-scored sequences
@@ -76,7 +79,7 @@ def train_one(spec: RunSpec, corpus: str, device: str, results: Path, save_model
     run_dir = WORK / corpus / "runs" / spec.name
     if spec.group == "teacher":  # where the students' runs load it from
         save_to = bench.teacher_dir(corpus, spec.model)
-    else:  # students kept for the downstream check (benchmarks/downstream_eval.py)
+    else:  # students kept for the downstream check (benchmarks/salt_suite/downstream_eval.py)
         save_to = run_dir / "final" if save_model else None
     result = bench.train_run(spec, corpus, device, run_dir, save_to, threads)
     result.save(results / corpus / "runs" / f"{spec.name}.json")

@@ -1,9 +1,9 @@
 """The fused SALT loss on the stacks GPU users run, in one call on one GPU (issue 22).
 
-    python benchmarks/gpu_check.py --device cuda                    # one H100/H200, < 10 min -> results/gpu_check.json
-    python benchmarks/gpu_check.py --device cpu --small             # every part at toy sizes: the script works (CI)
-    python benchmarks/gpu_check.py --device cpu --size medium --parts compile --threads 2   # compiled vs eager on CPU
-    python benchmarks/gpu_check.py --summarise-only --out results/gpu_check.json   # its tables, for RESULTS.md
+    python benchmarks/gpu_check/gpu_check.py --device cuda   # one H100/H200, < 10 min -> results/gpu_check.json
+    python benchmarks/gpu_check/gpu_check.py --device cpu --small   # every part at toy sizes: the script works (CI)
+    python benchmarks/gpu_check/gpu_check.py --device cpu --size medium --parts compile --threads 2  # compiled/eager
+    python benchmarks/gpu_check/gpu_check.py --summarise-only --out results/gpu_check.json  # its tables, for REPORT.md
 
 Parts (`--parts`, all by default, in this order; the JSON is rewritten after each, so a timeout keeps those done, and
 `--parts <the rest> --append` runs the others into the same file):
@@ -40,13 +40,16 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-from bench import RESULTS, TOKEN_IDS, sync, write_json
-from torch._dynamo.utils import counters
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf import SALTConfig, SALTTrainer
-from salt_hf.losses import fused_linear_salt_loss
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+import torch  # noqa: E402
+from bench import RESULTS, TOKEN_IDS, sync, write_json  # noqa: E402
+from torch._dynamo.utils import counters  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
+
+from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
+from salt_hf.losses import fused_linear_salt_loss  # noqa: E402
 
 # In order of what matters most (a call that runs out of time keeps the parts done); liger last: Liger patches
 # transformers' Llama module for the rest of the process.
@@ -594,7 +597,7 @@ def losses_table(figures: dict) -> None:
 
 
 def print_tables(report: dict) -> None:
-    """Markdown tables of a stored report, for RESULTS.md; the other parts' figures as JSON."""
+    """Markdown tables of a stored report, for REPORT.md; the other parts' figures as JSON."""
     print(f"environment: {json.dumps(report['environment'])}")
     for name, part in report["parts"].items():
         print(f"\n{name}: {part['status']}" + (f" ({part['reason'][:300]})" if part["reason"] else ""))

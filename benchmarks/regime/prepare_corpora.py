@@ -1,7 +1,7 @@
 """Prepares the benchmark corpora: text, a tokenizer per corpus, and packed token rows saved as tensors.
 
-    python benchmarks/prepare_corpora.py                 # both corpora into benchmarks/work/
-    python benchmarks/prepare_corpora.py --corpora python
+    python benchmarks/regime/prepare_corpora.py                 # both corpora into benchmarks/work/
+    python benchmarks/regime/prepare_corpora.py --corpora python
 
 Corpora:
 - `python`: the built-in corpus (the standard library's source; salt_hf.data.builtin_corpus), split by file path.
@@ -26,11 +26,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from bench import WORK
-from datasets import Dataset, DatasetDict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench.py puts every study on the path
 
-from salt_hf.data import builtin_corpus, tokenize_and_pack, train_bpe_tokenizer
+import bench  # noqa: E402, F401  (puts every study folder on sys.path)
+import torch  # noqa: E402
+from bench import WORK  # noqa: E402
+from datasets import Dataset, DatasetDict  # noqa: E402
+
+from salt_hf.data import builtin_corpus, tokenize_and_pack, train_bpe_tokenizer  # noqa: E402
 
 VALIDATION_FRACTION = 0.05
 APT_PACKAGES = ["sword-text-web", "diatheke", "wordnet-base", "fortunes"]
