@@ -3,7 +3,7 @@
     python scripts/figures.py                       # -> docs/figures/*.png
     python scripts/figures.py --out /tmp/figs       # anywhere else (the tests do this)
 
-Reads only benchmarks/results/ (written by the benchmark scripts; see benchmarks/RESULTS.md for their commands) and
+Reads only benchmarks/results/ (written by the benchmark scripts; see benchmarks/README.md for their commands) and
 writes one PNG per figure. Each figure names the runs it draws in its title or legend, so a reader can find them.
 """
 
@@ -222,7 +222,7 @@ def figure_kd_end(results: Path, out: Path) -> Path:
 
 
 def figure_teacher_strength(results: Path, out: Path) -> Path:
-    """Section 6's regime study: the gain by teacher strength (a 1.87M student, one-layer teachers)."""
+    """The regime study (benchmarks/regime/): the gain by teacher strength (a 1.87M student, one-layer teachers)."""
     summary = load(results / "regime" / "summary.json")
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     width = 0.38

@@ -21,7 +21,7 @@ from .speedups import LayerwiseDirection, SeqWarmupSchedule
 
 # kd_steps="auto" (salt_hf.kd_stop), the default when neither kd_steps nor kd_ratio is given: the window of the
 # catch-up test, and its floor and ceiling as fractions of the run. The measurements behind them and behind the
-# default: benchmarks/RESULTS.md, section 6.
+# default: benchmarks/regime/REPORT.md.
 AUTO_WINDOW, AUTO_MIN_RATIO, AUTO_MAX_RATIO = 25, 0.05, 0.5
 TeacherPlacement = Literal["replicate", "zero3"]
 TEACHER_PLACEMENTS: tuple[str, ...] = get_args(TeacherPlacement)

@@ -6,7 +6,7 @@ over the step's micro-batches and over processes and hands the sums to `AutoKDSt
 same step on every process: the KD stage ends at the first step `s >= floor` at which, over the last `window`
 steps' KD batches, the student's loss per token is at or below the teacher's (the "catch-up test"), and at the
 ceiling at the latest. Judged on the same tokens, the difference of the two losses does not carry the batches'
-difficulty, so a short window suffices (benchmarks/RESULTS.md, section 6, measured its noise).
+difficulty, so a short window suffices (benchmarks/regime/REPORT.md, measured its noise).
 
 The outcome and the window's statistics are part of every checkpoint (`TrainerState.stateful_callbacks`), so a
 resumed run decides exactly as the uninterrupted one would have, and a run resumed past the decision never loads

@@ -101,7 +101,7 @@ def loss_weights(w: float, mix: str = "convex") -> tuple[float, float]:
     the two terms (so, for Adam, the same updates while w is constant), with the NLL term at full weight throughout.
     Under "convex" the NLL term's weight jumps from `1 - w` to 1 where the KD stage ends, the gradient's scale with
     it, and Adam's second moment (a memory of about 1 / (1 - beta2) steps) lags behind: a burst of larger updates and
-    a rise of the loss (benchmarks/RESULTS.md, section 8). Under "additive" the end only removes the KD term.
+    a rise of the loss (benchmarks/paper_regime/REPORT.md). Under "additive" the end only removes the KD term.
     """
     if mix == "convex":
         return 1.0 - w, w

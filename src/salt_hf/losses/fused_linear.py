@@ -24,7 +24,7 @@ with g the gradient with respect to `hidden @ W.T + b`. Nothing of the chunk is 
 themselves ([N, H] and [V, H]), whatever the number of tokens. The backward pass only scales the stored gradients.
 The automatic chunk is `salt_loss`'s (16 MiB per [chunk, V] fp32 temporary) but at least 256 tokens: every chunk
 reads the [V, H] weight twice and reads and writes its fp32 gradient once, and with fewer rows those passes over
-memory, not the matmuls, set the step's time (at vocab 152k, 16 MiB is 27 rows; benchmarks/RESULTS.md section 1).
+memory, not the matmuls, set the step's time (at vocab 152k, 16 MiB is 27 rows; benchmarks/micro/REPORT.md).
 
 Chain rule through the output layer's post-processing, from the gradient g_z with respect to the final logits z:
     softcap   z = c tanh(y / c):   dz/dy = 1 - tanh^2(y / c) = 1 - (z / c)^2   (read off z: no second tanh)

@@ -145,7 +145,7 @@ def salt_loss(
             Tokens per chunk; by default chosen so that one [chunk, vocab] fp32 temporary takes 16 MiB.
         compile (`bool`, *optional*, defaults to `False`):
             Run SALT's default term (forward KL, tau 1, one vocabulary) through `torch.compile`, which fuses its
-            passes over the vocabulary (benchmarks/RESULTS.md, section 1); the first call compiles (tens of seconds).
+            passes over the vocabulary (benchmarks/micro/REPORT.md); the first call compiles (tens of seconds).
         teacher_targets (`SparseTargets`, *optional*):
             The teacher as stored targets (`salt_hf.targets`) instead of `teacher_logits`: K ids with weights per
             label position ([N, K], N the number of labels). Forward KL only; `temperature` must be the one they
