@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared helpe
 import bench  # noqa: E402
 import step_cost  # noqa: E402
 import torch  # noqa: E402
+from transient_memory import transient_peaks  # noqa: E402
 
 from salt_hf.losses import SparseTargets, fused_linear_salt_loss  # noqa: E402
 from salt_hf.targets import row_targets, row_uniforms, weights_of  # noqa: E402
@@ -100,16 +99,8 @@ def child(vocab: int, variant: str, cli) -> dict:
 
 
 def peaks(vocab: int, cli) -> dict:
-    out = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--_child", str(vocab), variant, "--tokens", str(cli.tokens)]
-        cmd += ["--hidden", str(cli.hidden), "--teacher-hidden", str(cli.teacher_hidden), "--k", str(cli.k)]
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-        out[f"transient_mib_{variant}"] = json.loads(done.stdout.strip().splitlines()[-1])["transient_mib"]
-    for variant in VARIANTS[1:]:
-        out[f"{variant}_transient_over_plain"] = out[f"transient_mib_{variant}"] / out["transient_mib_plain"]
-    return out
+    options = ["--tokens", str(cli.tokens), "--hidden", str(cli.hidden), "--teacher-hidden", str(cli.teacher_hidden)]
+    return transient_peaks(__file__, [str(vocab)], VARIANTS, options + ["--k", str(cli.k)])
 
 
 def main():

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ import step_cost  # noqa: E402
 import torch  # noqa: E402
 from bench import RESULTS, build_model, write_json  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from transient_memory import transient_peaks  # noqa: E402
 
 from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
 from salt_hf.targets import ROW_ID, Manifest, rows_fingerprint, write_store  # noqa: E402
@@ -121,16 +120,8 @@ def child(vocab: int, tokens: int, kind: str, cli) -> dict:
 
 
 def peaks(vocab: int, tokens: int, cli) -> dict:
-    out = {}
-    for kind in KINDS:
-        cmd = [sys.executable, __file__, "--_child", str(vocab), str(tokens), kind, "--k", str(cli.k)]
-        cmd += ["--student", cli.student, "--teacher", cli.teacher, "--seq", str(cli.seq)]
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-        out[f"transient_mib_{kind}"] = json.loads(done.stdout.strip().splitlines()[-1])["transient_mib"]
-    for kind in KINDS[1:]:
-        out[f"{kind}_transient_over_plain"] = out[f"transient_mib_{kind}"] / out["transient_mib_plain"]
-    return out
+    options = ["--k", str(cli.k), "--student", cli.student, "--teacher", cli.teacher, "--seq", str(cli.seq)]
+    return transient_peaks(__file__, [str(vocab), str(tokens)], KINDS, options)
 
 
 def main():
