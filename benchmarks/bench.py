@@ -8,8 +8,8 @@ The one shared module, at benchmarks/ itself; each study lives in a folder besid
 script starts with a two-line shim that puts benchmarks/ first on sys.path and imports this module, which puts every
 study folder on sys.path right behind benchmarks/ (`STUDIES`): after `import bench`, any study's module is imported by
 its flat name (`import paper_regime_runs`, `import step_cost`), and a name means the same file from whichever folder
-the script runs. The folders go ahead of the script's own folder, so a name two studies define (teacher_targets/ has a
-script named step_cost.py too) resolves to the first in `STUDIES`' order, never to the running script's sibling.
+the script runs. The folders go ahead of the script's own folder; no two studies define the same module name
+(tests/test_benchmarks_layout.py).
 """
 
 from __future__ import annotations

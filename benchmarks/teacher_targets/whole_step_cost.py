@@ -1,14 +1,14 @@
 """A KD step reading stored teacher targets against the plain step, at large vocabularies (CPU, same hidden states).
 
-    python benchmarks/teacher_targets/step_cost.py            # vocab 32k and 152k -> results/teacher_targets
-    python benchmarks/teacher_targets/step_cost.py --vocabs 8192 --tokens 512 --steps 2   # smoke run
+    python benchmarks/teacher_targets/whole_step_cost.py            # vocab 32k and 152k -> results/teacher_targets
+    python benchmarks/teacher_targets/whole_step_cost.py --vocabs 8192 --tokens 512 --steps 2   # smoke run
 
-The sizes are step_cost.py's (student 8x512, teacher 4x256, rows of 256 tokens). Every variant is a real
+The sizes are micro/step_cost.py's (student 8x512, teacher 4x256, rows of 256 tokens). Every variant is a real
 `training_step` plus the optimizer step, interleaved in one process (medians over --steps after two warm-up rounds):
 the plain `Trainer` step (the model's own loss), SALTTrainer's plain-stage step on the fused path (w = 0), its KD step
 with the online teacher (fused), and its KD step reading a store of the teacher's targets (sampled and top-K, K ids
 per token; the stores are written first, for the batch's rows, by the same teacher). Transient memory: each variant's
-peak resident set during one step above the resident set before it, in a fresh process (step_cost.py's method).
+peak resident set during one step above the resident set before it, in a fresh process (micro/step_cost.py's method).
 """
 
 from __future__ import annotations
