@@ -1,5 +1,6 @@
 """
-The precompute of stored teacher targets on every process of a torchrun launch, for tests/distributed/test_targets.py.
+The precompute of stored teacher targets on every process of a torchrun launch, for
+tests/distributed/test_stored_targets.py.
 
     PYTHONPATH=tests torchrun --standalone --nproc_per_node 2 tests/distributed/targets_worker.py \
         --manifest M --out DIR
