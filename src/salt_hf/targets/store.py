@@ -217,6 +217,10 @@ class TargetStore:
             t["offset"].reshape(-1).float(),
         ).to(device if device is not None else "cpu")
 
+    def close(self) -> None:
+        """Drops the open shard files; a later read opens them again."""
+        self._handles.clear()
+
     def bytes_per_token(self) -> float:
         m = self.manifest
         return sum(s["bytes"] for s in m.shards) / max(1, m.rows * m.seq_length)

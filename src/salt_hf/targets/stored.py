@@ -70,7 +70,7 @@ class StoredTeacher:
     def release(self) -> bool:
         """Closes the store; it is never read again. Always False: no model was loaded."""
         self.released = True
-        self.store._handles.clear()
+        self.store.close()
         return False
 
     def _check_teacher(self, source: str) -> None:
