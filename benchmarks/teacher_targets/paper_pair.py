@@ -41,59 +41,33 @@ def store_dir(form: str, k: int = K) -> Path:
     return WORK / corpus_name(CORPUS) / "targets" / f"{form}_k{k}"
 
 
-def precompute(forms=FORMS, k: int = K, rows: int | None = None) -> list[dict]:
-    """Writes each form's store over the training rows (or the first `rows`), one thread; returns its costs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def precompute(forms=FORMS, k: int = K) -> list[dict]:
+    """Writes each form's store over the corpus's training rows, one thread; returns what each cost."""
+    from precompute_cost import cost_row
+    from transformers import AutoTokenizer
 
-    from salt_hf.selection.cache import path_fingerprint
-    from salt_hf.targets import Manifest, TargetStore, rows_fingerprint, tokenizer_fingerprint, write_store
+    from salt_hf.targets import TargetStore, store_targets
 
     torch.set_num_threads(1)
     name = corpus_name(CORPUS)
-    info, train_rows, _ = bench.load_corpus(name)
-    teacher_path = bench.teacher_dir(name, TEACHER)
+    _, train_rows, _ = bench.load_corpus(name)
+    teacher = str(bench.teacher_dir(name, TEACHER))  # by its folder: the runs name it so (its hash is compared)
     tokenizer = AutoTokenizer.from_pretrained(WORK / name / "tokenizer")
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path).eval()
-    n = len(train_rows) if rows is None else rows
-    fingerprint = rows_fingerprint(train_rows, n)
     out = []
     for form in forms:
-        manifest = Manifest(
+        t0 = time.perf_counter()
+        store_targets(
+            teacher,
+            train_rows,
+            store_dir(form, k),
             form=form,
             k=k,
-            temperature=1.0,
-            seed=0,
-            vocab_size=info["vocab"],
-            seq_length=info["seq_length"],
-            rows=n,
-            dataset_rows=len(train_rows),
+            tokenizer=tokenizer,
+            batch_size=16,
             rows_per_shard=2048,
-            data_fingerprint=fingerprint,
-            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-            teacher_fingerprint=path_fingerprint(teacher_path),
-            teacher=str(teacher_path),
-            dtype="float32",
+            device="cpu",
         )
-        folder = store_dir(form, k) if rows is None else store_dir(form, k).with_name(f"{form}_k{k}_rows{n}")
-        t0 = time.perf_counter()
-        write_store(teacher, train_rows, folder, manifest, batch_size=16, device="cpu")
-        seconds = time.perf_counter() - t0
-        store = TargetStore(folder)
-        tokens = n * info["seq_length"]
-        out.append(
-            {
-                "form": form,
-                "k": k,
-                "rows": n,
-                "tokens": tokens,
-                "seconds": seconds,
-                "tokens_per_s": tokens / seconds,
-                "bytes_per_token": store.bytes_per_token(),
-                "store_mb": sum(s["bytes"] for s in store.manifest.shards) / 1e6,
-                "teacher_params": sum(p.numel() for p in teacher.parameters()),
-                "threads": 1,
-            }
-        )
+        out.append({**cost_row(TargetStore(store_dir(form, k)), time.perf_counter() - t0), "threads": 1})
         print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -130,7 +104,8 @@ def step_costs() -> dict:
     measured apart: step_cost.py on this pair (interleaved in one process) and precompute_cost.py (vocab 300, K)."""
     step = json.loads((OUT / "step_cost_paper_pair.json").read_text())[0]
     pre = json.loads((OUT / "precompute_cost.json").read_text())
-    tokens = json.loads((WORK / corpus_name(CORPUS) / "info.json").read_text())["train_rows"] * 128
+    info = json.loads((WORK / corpus_name(CORPUS) / "info.json").read_text())
+    tokens = info["train_rows"] * info["seq_length"]
     by_form = {r["form"]: r for r in pre["rows"] if r["vocab"] == 300 and r["k"] == K}
     return {
         "kd_step": {

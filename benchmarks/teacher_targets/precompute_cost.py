@@ -57,7 +57,7 @@ def plain_step_s(repeats: int = 5) -> float:
 
 
 def measure(vocab: int, k: int, form: str, n: int) -> dict:
-    teacher, ds, length = rows_for(vocab, n)
+    teacher, ds, _ = rows_for(vocab, n)
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         # a named fingerprint: hashing the weights is a one-off cost, not a per-token one
@@ -73,17 +73,22 @@ def measure(vocab: int, k: int, form: str, n: int) -> dict:
             teacher_fingerprint="benchmark",
         )
         seconds = time.perf_counter() - t0
-        bytes_per_token = TargetStore(Path(folder) / "s").bytes_per_token()
-    tokens = n * length
+        return {"vocab": vocab, **cost_row(TargetStore(Path(folder) / "s"), seconds)}
+
+
+def cost_row(store: TargetStore, seconds: float) -> dict:
+    """What a store written in `seconds` holds and costs: its form, K, rows and tokens, tokens/s, bytes per token."""
+    m = store.manifest
+    tokens = m.rows * m.seq_length
     return {
-        "vocab": vocab,
-        "form": form,
-        "k": k,
-        "rows": n,
+        "form": m.form,
+        "k": m.k,
+        "rows": m.rows,
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
-        "bytes_per_token": bytes_per_token,
+        "bytes_per_token": store.bytes_per_token(),
+        "store_mb": sum(s["bytes"] for s in m.shards) / 1e6,
     }
 
 

@@ -30,7 +30,7 @@ from datasets import Dataset  # noqa: E402
 from transient_memory import transient_peaks  # noqa: E402
 
 from salt_hf import SALTConfig, SALTTrainer  # noqa: E402
-from salt_hf.targets import ROW_ID, Manifest, rows_fingerprint, write_store  # noqa: E402
+from salt_hf.targets import ROW_ID, store_targets  # noqa: E402
 
 KINDS = ("plain", "plain_fused", "kd_fused", "kd_stored_sampled", "kd_stored_topk")
 
@@ -43,24 +43,19 @@ def make_store(vocab: int, inputs: dict, form: str, k: int, cli, folder: Path) -
     """The teacher's targets for the batch's rows (the benchmark's teacher, seed 1, as make_trainer builds it)."""
     ds = rows_dataset(inputs)
     teacher = build_model(cli.teacher, vocab, cli.seq, 1)
-    manifest = Manifest(
+    path = folder / f"{form}_{vocab}"
+    store_targets(
+        teacher,
+        ds,
+        path,
         form=form,
         k=k,
-        temperature=1.0,
-        seed=0,
         vocab_size=vocab,
-        seq_length=cli.seq,
-        rows=len(ds),
-        dataset_rows=len(ds),
         rows_per_shard=len(ds),
-        data_fingerprint=rows_fingerprint(ds, len(ds)),
-        tokenizer_fingerprint=None,
+        batch_size=1,
         teacher_fingerprint="benchmark teacher",
-        teacher=cli.teacher,
-        dtype="float32",
+        device="cpu",
     )
-    path = folder / f"{form}_{vocab}"
-    write_store(teacher, ds, path, manifest, batch_size=1, device="cpu")
     return str(path)
 
 

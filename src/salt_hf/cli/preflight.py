@@ -72,14 +72,15 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
 
 
 def check_teacher_targets(training_args: SALTConfig) -> None:
-    """A run reading stored teacher targets: the store is complete and every shard whole (its data, tokenizer and
-    teacher are compared with the run's when the trainer is built, before the output folder is created)."""
+    """A run reading stored teacher targets: the store is complete (its manifest written), refused before any data
+    or model loads. The trainer then checks every shard's size and SHA-256 and compares the store's data, tokenizer
+    and teacher with the run's, still before the output folder is created; hashing once, there, not here too."""
     if training_args.teacher_targets is None or training_args.kd_weight == 0:
         return
     from ..targets import TargetStore
 
     with as_input_error(ValueError):
-        TargetStore(training_args.teacher_targets)
+        TargetStore(training_args.teacher_targets, verify=False)
 
 
 def check_sources(model_args: ModelArguments, data_args: DataArguments, training_args: SALTConfig) -> None:

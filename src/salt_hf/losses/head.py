@@ -36,7 +36,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from ..schedules import loss_weights
-from ..targets.stored import ROW_ID
+from ..targets.stored import ROW_ID, StoredTeacher
 from .chunks import SALTLossOutput
 from .fused_linear import fused_linear_logits, fused_linear_salt_loss
 from .logits import salt_loss
@@ -414,7 +414,7 @@ class FusedHead:
         # model's own would, on both paths.
         row_ids = inputs.get(ROW_ID)  # the rows' indices in the training set, for stored teacher targets
         inputs = {key: value for key, value in inputs.items() if key not in ("skip_logits", ROW_ID)}
-        if teacher is not None and getattr(teacher, "stores_targets", False):
+        if isinstance(teacher, StoredTeacher):
             targets = teacher.targets(row_ids, labels.device)
             return self._stored(model, inputs, labels, targets, kd_weight, return_outputs)
         if self.implementation == "fused_linear" and (self.loss_only or not return_outputs):

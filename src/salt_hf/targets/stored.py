@@ -25,8 +25,6 @@ class StoredTeacher:
             the store's. It is never loaded.
     """
 
-    stores_targets = True
-
     def __init__(self, path: str, teacher_source: str | None = None):
         self.path = path
         self.store = TargetStore(path)
