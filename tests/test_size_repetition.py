@@ -59,12 +59,20 @@ def test_run_names_are_unique_and_teachers_train_before_their_students():
     assert rep[3:8] == ["teacher_sr_1m_x3.5", *baselines, "auto_1m_x3.5"]
     every = [r for g in groups.values() for r in g]
     assert all(r.spec.extra["save_strategy"] == "steps" for r in every)
+    # the pool's choice, finishing runs in the order they started: a student never starts before its teacher ends
     for parallel in (1, 2, 3):
-        trained: set[str] = set()
-        for batch in size_repetition.batches(groups["rep_1m"], parallel):
-            assert len(batch) <= parallel
-            assert all(r.spec.teacher is None or r.spec.teacher in trained for r in batch if r.role == "auto")
-            trained |= {r.spec.name.removeprefix("teacher_") for r in batch if r.role == "teacher"}
+        pending, busy, trained, started = list(groups["rep_1m"]), [], set(), []
+        while pending or busy:
+            while len(busy) < parallel and (run := size_repetition.ready(pending, busy)) is not None:
+                assert run.role != "auto" or run.spec.teacher in trained
+                pending.remove(run)
+                busy.append(run)
+                started.append(run.spec.name)
+            finished = busy.pop(0)
+            trained |= {finished.spec.name.removeprefix("teacher_")} if finished.role == "teacher" else set()
+        assert sorted(started) == sorted(rep)
+        # a third slot skips the student whose teacher is still training and takes the next cell's teacher
+        assert started[:3] == (rep[:3] if parallel < 3 else [*rep[:2], "teacher_sr_1m_x3.5"])
 
 
 def test_only_refuses_an_unknown_name():

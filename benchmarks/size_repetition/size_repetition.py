@@ -20,7 +20,7 @@ import json
 import shutil
 import sys
 import time
-from functools import partial
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 # bench.py lives one folder up (benchmarks/ is not a package); importing it puts regime/ on the path too.
@@ -92,34 +92,43 @@ def named_runs(names: list[str]) -> list[Run]:
     return list(out.values())
 
 
-def batches(todo: list[Run], parallel: int) -> list[list[Run]]:
-    """`todo` in order, `parallel` at a time, a batch ending early before a run whose teacher it trains: a teacher
-    must be finished before its students start."""
-    out: list[list[Run]] = []
-    for run in todo:
-        batch = out[-1] if out else None
-        teachers = {r.spec.name.removeprefix("teacher_") for r in batch or [] if r.role == "teacher"}
-        if batch is None or len(batch) == parallel or run.spec.teacher in teachers:
-            out.append([run])
-        else:
-            batch.append(run)
-    return out
+def ready(pending: list[Run], busy: list[Run]) -> Run | None:
+    """The first run of `pending` whose teacher is not still to train (pending or busy): a teacher must be finished
+    before its students start."""
+    training = {r.spec.name.removeprefix("teacher_") for r in [*pending, *busy] if r.role == "teacher"}
+    return next((r for r in pending if r.spec.teacher not in training), None)
+
+
+def commit_stored(names: list[str]) -> None:
+    """Every stored run and teacher, not only `names`: a run stored by a process stopped before its commit goes in
+    with the next one."""
+    paths = [*sorted(RUNS.glob("*.json")), *sorted(stored_teacher("").glob("*/*"))]
+    commit_files([*paths, *write_outputs()], f"size x repetition: {', '.join(names)}")
 
 
 def train(args) -> None:
+    """The runs to train, `args.parallel` at a time in spawned processes (one thread each): a slot that frees takes
+    the next run whose teacher is trained, so a short run never leaves a core idle waiting for a long one."""
     check_corpus()
     todo = named_runs(args.only.split(",") if args.only else list(DEFAULT_GROUPS))
     todo = [r for r in todo if not (RUNS / f"{r.spec.name}.json").is_file()]
     restore_teachers(todo)
     print(f"to train ({len(todo)}): {', '.join(r.spec.name for r in todo)}", flush=True)
-    for batch in batches(todo, args.parallel):
-        print("side by side:", ", ".join(r.spec.name for r in batch), flush=True)
-        bench.in_workers(partial(train_one, threads=1), batch, len(batch))
-        if args.commit:
-            # every stored run and teacher, not only this batch's: a run stored by a process stopped before its commit
-            # goes in with the next one
-            paths = [*sorted(RUNS.glob("*.json")), *sorted(stored_teacher("").glob("*/*"))]
-            commit_files([*paths, *write_outputs()], f"size x repetition: {', '.join(r.spec.name for r in batch)}")
+    context = torch.multiprocessing.get_context("spawn")  # CUDA does not survive fork
+    with ProcessPoolExecutor(args.parallel, mp_context=context) as pool:
+        busy: dict = {}
+        while todo or busy:
+            while len(busy) < args.parallel and (run := ready(todo, list(busy.values()))) is not None:
+                todo.remove(run)
+                print("started:", run.spec.name, flush=True)
+                busy[pool.submit(train_one, run, 1)] = run
+            done, _ = wait(busy, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = busy.pop(future)
+                future.result()  # a failed run raises here, with the worker's traceback
+                print("finished:", run.spec.name, flush=True)
+                if args.commit:
+                    commit_stored([run.spec.name])
 
 
 def parse_args():
