@@ -140,6 +140,23 @@ def test_summary_chooses_the_weight_decay_on_dev_and_measures_gain_and_budget(re
     assert "gain" not in cells["1m_x1"] and cells["1m_x1"]["baseline_final_loss"]["seeds"] == [1.30]
 
 
+def test_budget_and_second_seeds_follow_the_stored_runs(results):
+    folder = results / "runs"
+
+    def names(found):
+        return sorted(r.spec.name for r in found)
+
+    # 1m_x3.5: SALT leads by 0.04 (over twice the seed noise: no second seed) and 0.8 of the steps reached the
+    # chosen baseline's 1.19, so 0.7 runs too; 1m_x1 has no SALT run yet: nothing
+    assert names(runs.budget_runs(folder)) == ["auto_1m_x3.5_budget_0.7", "auto_1m_x3.5_budget_0.8"]
+    assert runs.seed_runs(1, folder) == []
+    stored(results, "auto_1m_x1", [(1000, 1.29)], 1.28, kd_steps=500)  # leads by 0.01: within the noise
+    assert "auto_1m_x1_budget_0.8" in names(runs.budget_runs(folder))
+    assert names(runs.seed_runs(1, folder)) == ["auto_1m_x1_s1", "baseline_1m_x1_wd0.01_s1"]
+    stored(results, "auto_1m_x1_budget_0.8", [(800, 1.31)], 1.30, steps=800, kd_steps=400)  # misses 1.30
+    assert "auto_1m_x1_budget_0.7" not in names(runs.budget_runs(folder))
+
+
 def test_summary_weighs_wall_clock_at_the_measured_step_costs_and_draws_the_figure(results):
     costs = {"1m": {"plain_step_s": 1.0, "kd_fused_step_s": 1.5, "plain_fused_step_s": 1.0}}
     (results / "step_cost.json").write_text(json.dumps(costs))

@@ -1,9 +1,9 @@
 """Where SALT pays: student size against data repetition (issue 31). See README.md beside this file.
 
     python benchmarks/size_repetition/code_corpus.py --build                               # the corpus, ~2 min
-    python benchmarks/size_repetition/size_repetition.py --commit --parallel 1 --only rep_1m   # the 1M repetition axis
-    python benchmarks/size_repetition/size_repetition.py --commit --parallel 1            # rep_1m, size, rep_0.5m
-    python benchmarks/size_repetition/size_repetition.py --commit --parallel 1 --only budget,seeds
+    python benchmarks/size_repetition/size_repetition.py --commit --parallel 2 --only rep_1m   # the 1M repetition axis
+    python benchmarks/size_repetition/size_repetition.py --commit --parallel 2            # rep_1m, size, rep_0.5m
+    python benchmarks/size_repetition/size_repetition.py --commit --parallel 2 --only budget,seeds
     python benchmarks/size_repetition/size_repetition.py --summarise-only                 # summary.json, figure
     python benchmarks/size_repetition/size_repetition.py --step-cost                      # on an idle machine
 
