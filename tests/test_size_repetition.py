@@ -203,3 +203,16 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
     assert {"resumed_at_step": 5, "step": 5} in resumed.train_log
     losses = [[h["loss"] for h in r.train_log if "loss" in h] for r in (whole, resumed)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_a_committed_teacher_is_shards_under_4_mb_with_the_same_weights(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    trained = bench.build_model(runs.SIZES["2m"][1], 300, 128, 0)  # the 2M cell's teacher: 4.2 MB in one file
+    trained.save_pretrained(tmp_path / "trained")
+    runs.commit_copy(tmp_path / "trained", tmp_path / "committed")
+    shards = sorted((tmp_path / "committed").glob("*.safetensors"))
+    assert len(shards) > 1 and all(f.stat().st_size < 4 * 2**20 for f in shards)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "committed").state_dict()
+    assert back.keys() == trained.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in trained.state_dict().items())

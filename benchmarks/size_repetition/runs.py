@@ -249,7 +249,16 @@ def stored_teacher(name: str) -> Path:
     return ROOT / "teachers" / name
 
 
-TEACHER_FILES = ("config.json", "generation_config.json", "model.safetensors")
+COMMITTED_SHARD = "3MB"  # the repository keeps files under 4 MB: the 2M cell's teacher (1.04M fp32) is 4.2 MB
+
+
+def commit_copy(trained: Path, folder: Path) -> None:
+    """A trained teacher's weights, bit for bit, as save_pretrained shards small enough to commit (with their index
+    where there is more than one); AutoModelForCausalLM reads the folder as it reads `trained`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
+    model.save_pretrained(folder, max_shard_size=COMMITTED_SHARD)
 
 
 def cost_pairs() -> dict[str, tuple[str, str]]:

@@ -35,8 +35,8 @@ from runs import (  # noqa: E402
     DEFAULT_GROUPS,
     RUNS,
     STEP_COST,
-    TEACHER_FILES,
     Run,
+    commit_copy,
     cost_pairs,
     groups,
     run_dir,
@@ -63,10 +63,7 @@ def train_one(run: Run, threads: int) -> None:
     save_to = bench.teacher_dir(CORPUS, spec.name.removeprefix("teacher_")) if run.role == "teacher" else None
     result = bench.train_run(spec, CORPUS, "cpu", run_dir(spec.name), save_to, threads, rows=rows, resume=True)
     if save_to is not None:  # committed with the run, so that a fresh checkout does not train it again
-        folder = stored_teacher(save_to.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in TEACHER_FILES:
-            shutil.copyfile(save_to / f, folder / f)
+        commit_copy(save_to, stored_teacher(save_to.name))
     result.save(RUNS / f"{spec.name}.json")
 
 
