@@ -49,18 +49,24 @@ def test_slices_are_nested_sized_by_the_repetition_and_the_same_every_time():
     assert x8.min() < train_rows * 0.01 and x8.max() > train_rows * 0.99
 
 
-def test_run_names_are_unique_and_teachers_train_before_their_students():
-    groups = runs.groups()
+def test_run_names_are_unique_and_teachers_train_before_their_students(tmp_path):
+    groups = runs.groups(tmp_path)  # nothing stored: the plan before any run
     names = [r.spec.name for g in ("rep_1m", "size", "rep_0.5m", "budget") for r in groups[g]]
     assert len(names) == len(set(names))
     rep = [r.spec.name for r in groups["rep_1m"]]
-    assert rep[:3] == ["teacher_sr_1m_x1", "baseline_1m_x1_wd0.01", "auto_1m_x1"]
-    baselines = [f"baseline_1m_x3.5_wd{wd:g}" for wd in (0.01, 0.1, 0.3)]
-    assert rep[3:8] == ["teacher_sr_1m_x3.5", *baselines, "auto_1m_x3.5"]
+    for i, r in enumerate((1, 3.5, 8)):
+        baselines = [f"baseline_1m_x{r:g}_wd{wd:g}" for wd in (0.01, 0.1, 0.3)]
+        assert rep[5 * i : 5 * i + 5] == [f"teacher_sr_1m_x{r:g}", *baselines, f"auto_1m_x{r:g}"]
+    # the 2M cell runs the recipe's weight decay alone until the 1M one-epoch cell chose one
+    assert [r.spec.name for r in groups["size"] if r.size == "2m"] == [
+        "teacher_sr_2m_x1",
+        "baseline_2m_x1_wd0.01",
+        "auto_2m_x1",
+    ]
     every = [r for g in groups.values() for r in g]
     assert all(r.spec.extra["save_strategy"] == "steps" for r in every)
     # the pool's choice, finishing runs in the order they started: a student never starts before its teacher ends
-    for parallel in (1, 2, 3):
+    for parallel in (1, 2, 3, 5):
         pending, busy, trained, started = list(groups["rep_1m"]), [], set(), []
         while pending or busy:
             while len(busy) < parallel and (run := size_repetition.ready(pending, busy)) is not None:
@@ -71,8 +77,14 @@ def test_run_names_are_unique_and_teachers_train_before_their_students():
             finished = busy.pop(0)
             trained |= {finished.spec.name.removeprefix("teacher_")} if finished.role == "teacher" else set()
         assert sorted(started) == sorted(rep)
-        # a third slot skips the student whose teacher is still training and takes the next cell's teacher
-        assert started[:3] == (rep[:3] if parallel < 3 else [*rep[:2], "teacher_sr_1m_x3.5"])
+        # a sixth slot skips the student whose teacher is still training and takes the next cell's teacher
+        if parallel < 5:
+            assert started[:parallel] == rep[:parallel]
+    pending, busy = list(groups["rep_1m"]), []
+    while len(busy) < 6 and (run := size_repetition.ready(pending, busy)) is not None:
+        pending.remove(run)
+        busy.append(run)
+    assert [r.spec.name for r in busy] == [*rep[:4], "teacher_sr_1m_x3.5", *rep[6:7]]
 
 
 def test_only_refuses_an_unknown_name():
@@ -114,6 +126,8 @@ def results(tmp_path: Path) -> Path:
     stored(tmp_path, "baseline_1m_x3.5_wd0.1", [(300, 1.5), (1000, 1.19)], 1.17, wd=0.1)  # the best on dev
     stored(tmp_path, "baseline_1m_x3.5_wd0.3", [(300, 1.5), (1000, 1.18)], 1.19, wd=0.3)  # best on test: not chosen
     stored(tmp_path, "auto_1m_x3.5", falling, 1.14, kd_steps=500)
+    # SALT at the weight decay the baselines chose: worse on dev, so the recipe's stays SALT's
+    stored(tmp_path, "auto_1m_x3.5_wd0.1", [(500, 1.4), (1000, 1.16)], 1.145, kd_steps=500, wd=0.1)
     stored(tmp_path, "auto_1m_x3.5_budget_0.8", [(800, 1.18)], 1.17, steps=800, kd_steps=400)
     stored(tmp_path, "auto_1m_x3.5_budget_0.7", [(700, 1.21)], 1.20, steps=700, kd_steps=350)
     stored(tmp_path, "baseline_1m_x1_wd0.01", [(1000, 1.30)], 1.29, wd=0.01)  # a cell whose SALT run is not done
@@ -126,6 +140,8 @@ def test_summary_chooses_the_weight_decay_on_dev_and_measures_gain_and_budget(re
     assert set(cells) == {"1m_x1", "1m_x3.5"}  # cells without a stored run are left out
     row = cells["1m_x3.5"]
     assert row["weight_decay"] == 0.1 and row["weight_decays_run"] == [0.01, 0.1, 0.3]
+    assert row["salt_weight_decay"] == 0.01 and row["salt_by_weight_decay"]["0.1"] == {"test": 1.16, "dev": 1.145}
+    assert row["gain_untuned_salt"] == pytest.approx(0.04)
     assert row["baseline_final_loss"]["seeds"] == [1.19]
     assert row["gain"]["mean"] == pytest.approx(0.04)
     assert row["gain_over_recipe_baseline"] == pytest.approx(0.05)  # against weight decay 0.01's 1.20
@@ -150,11 +166,58 @@ def test_budget_and_second_seeds_follow_the_stored_runs(results):
     # chosen baseline's 1.19, so 0.7 runs too; 1m_x1 has no SALT run yet: nothing
     assert names(runs.budget_runs(folder)) == ["auto_1m_x3.5_budget_0.7", "auto_1m_x3.5_budget_0.8"]
     assert runs.seed_runs(1, folder) == []
-    stored(results, "auto_1m_x1", [(1000, 1.29)], 1.28, kd_steps=500)  # leads by 0.01: within the noise
+    # 1m_x1: its weight decays chosen (the recipe's, on dev), then SALT leads by 0.01: within the noise
+    stored(results, "baseline_1m_x1_wd0.1", [(1000, 1.29)], 1.295, wd=0.1)
+    assert runs.budget_runs(folder) and runs.chosen_weight_decay("1m", 1, folder) is None  # wd 0.3 still to run
+    stored(results, "baseline_1m_x1_wd0.3", [(1000, 1.31)], 1.30, wd=0.3)
+    assert runs.chosen_weight_decay("1m", 1, folder) == 0.01
+    stored(results, "auto_1m_x1", [(1000, 1.29)], 1.28, kd_steps=500)
     assert "auto_1m_x1_budget_0.8" in names(runs.budget_runs(folder))
     assert names(runs.seed_runs(1, folder)) == ["auto_1m_x1_s1", "baseline_1m_x1_wd0.01_s1"]
     stored(results, "auto_1m_x1_budget_0.8", [(800, 1.31)], 1.30, steps=800, kd_steps=400)  # misses 1.30
     assert "auto_1m_x1_budget_0.7" not in names(runs.budget_runs(folder))
+
+
+def test_salt_at_the_chosen_weight_decay_joins_the_cell_and_the_dev_half_chooses_it(results):
+    folder = results / "runs"
+    cell = [r.spec.name for r in runs.cell("1m", 3.5, folder)]
+    assert cell[-2:] == ["auto_1m_x3.5", "auto_1m_x3.5_wd0.1"]  # the baselines chose 0.1 on dev
+    assert runs.auto("1m", 3.5, wd=0.1).spec.extra["weight_decay"] == 0.1
+    assert runs.salt_weight_decay("1m", 3.5, folder) == 0.01  # the wd 0.1 SALT run is worse on dev
+    stored(results, "auto_1m_x3.5_wd0.1", [(500, 1.38), (700, 1.18), (1000, 1.12)], 1.13, kd_steps=500, wd=0.1)
+    assert runs.salt_weight_decay("1m", 3.5, folder) == 0.1
+    budget = sorted(r.spec.name for r in runs.budget_runs(folder))
+    assert budget == ["auto_1m_x3.5_wd0.1_budget_0.8"]  # its own 0.8 has not run: 0.7 waits
+    assert runs.budget_runs(folder)[0].spec.extra["weight_decay"] == 0.1
+    row = {c["cell"]: c for c in summary.summarise(folder, results / "step_cost.json")["cells"]}["1m_x3.5"]
+    assert row["salt_weight_decay"] == 0.1
+    assert row["gain"]["seeds"] == [pytest.approx(0.07)]  # 1.19 (baseline at 0.1) - 1.12
+    assert row["gain_untuned_salt"] == pytest.approx(0.04) and row["gain_over_recipe_baseline"] == pytest.approx(0.05)
+    assert "budget_finals" not in row  # the 0.01 run's budget forms are not this SALT's
+
+
+def test_the_2m_cell_tunes_at_the_weight_decay_the_1m_one_epoch_cell_chose(tmp_path):
+    folder = tmp_path / "runs"
+    assert runs.decays("2m", 1, folder) == (0.01,)
+    for wd, dev in ((0.01, 1.30), (0.1, 1.29), (0.3, 1.28)):
+        stored(tmp_path, f"baseline_1m_x1_wd{wd:g}", [(1000, dev)], dev, wd=wd)
+    assert runs.decays("2m", 1, folder) == (0.01, 0.3)
+    assert runs.decays("1m", 1, folder) == runs.decays("0.5m", 3.5, folder) == runs.WEIGHT_DECAYS
+    names = [r.spec.name for r in runs.cell("2m", 1, folder)]
+    assert names == ["teacher_sr_2m_x1", "baseline_2m_x1_wd0.01", "baseline_2m_x1_wd0.3", "auto_2m_x1"]
+    assert runs.cell("1m", 1, folder)[-1].spec.name == "auto_1m_x1_wd0.3"
+
+
+def test_pending_draws_the_runs_again_from_what_is_stored(results, monkeypatch):
+    monkeypatch.setattr(size_repetition, "RUNS", results / "runs")
+    monkeypatch.setattr(size_repetition, "groups", lambda: runs.groups(results / "runs"))
+    todo = [r.spec.name for r in size_repetition.pending(["rep_1m"], [])]
+    assert "auto_1m_x3.5" not in todo and "teacher_sr_1m_x1" in todo  # stored runs are skipped
+    busy = size_repetition.named_runs(["teacher_sr_1m_x1"])
+    assert "teacher_sr_1m_x1" not in [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
+    for wd, dev in ((0.1, 1.295), (0.3, 1.28)):
+        stored(results, f"baseline_1m_x1_wd{wd:g}", [(1000, dev)], dev, wd=wd)
+    assert "auto_1m_x1_wd0.3" in [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
 
 
 def test_summary_weighs_wall_clock_at_the_measured_step_costs_and_draws_the_figure(results):

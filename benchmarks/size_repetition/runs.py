@@ -5,8 +5,10 @@ A cell is a student size and a repetition level. Every student trains TOKENS_PER
 16 x 128 (section 8's recipe: AdamW 2e-3 cosine, 50 warm-up steps); at level 1 it draws them from the whole train
 split (each token seen at most once), at level r from a slice of budget / r tokens, repeated r times. Each cell has
 its own teacher (about half the student, smaller in width and depth), trained on the cell's data for the student's
-steps as a finished model, as a user with only that data would have it. The plain baseline at a repeated level is
-run at each of WEIGHT_DECAYS and the one with the lowest final dev loss is the baseline (the test half reports).
+steps as a finished model, as a user with only that data would have it. The plain baseline is run at each of
+WEIGHT_DECAYS (the 2M cell: the recipe's and the one the 1M one-epoch cell chose) and the one with the lowest final dev
+loss is the baseline (the test half reports); SALT runs at the recipe's weight decay and, once the baselines chose
+another, at that one too, and the dev half chooses between them the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ STEP_COST = ROOT / "step_cost.json"  # --step-cost, on an otherwise idle machine
 SIZES = {"0.5m": ("4x96", "3x80"), "1m": ("5x128", "4x96"), "2m": ("6x160", "5x128")}
 TOKENS_PER_PARAM = {"0.5m": 20, "1m": 20, "2m": 20}  # the 2M cell is the one to shrink if the plan is too long
 REPEATS = {"0.5m": (1, 3.5), "1m": (1, 3.5, 8), "2m": (1,)}  # how often the cell's slice of the corpus is seen
-WEIGHT_DECAYS = (0.01, 0.1, 0.3)  # the plain baseline's regularisation at a repeated level; 0.01 is the recipe's
+WEIGHT_DECAYS = (0.01, 0.1, 0.3)  # the plain baseline's regularisation, chosen on dev; 0.01 is the recipe's
 BUDGETS = (0.8, 0.7)  # the budget form: the automatic stop on a shortened run, its schedule fit to it
 SEED_NOISE = 0.012  # nats: section 8's baselines' spread over seeds (paper_regime/REPORT.md), until this has its own
 SAVE_EVERY, KEEP = 500, 2  # checkpoints (a run resumes from its newest complete one), how many are kept
@@ -62,9 +64,10 @@ def teacher_name(size: str, repeats: float) -> str:
 
 
 def run_name(kind: str, size: str, repeats: float, wd: float | None = None, budget: float = 1.0, seed: int = 0) -> str:
-    """teacher_<size>_x<r>, baseline_<size>_x<r>_wd<wd>, auto_<size>_x<r> with _budget_<b> for a shortened run, and
-    _s<k> for seed k > 0."""
-    name = f"{kind}_{size}_{tag(repeats)}" + (f"_wd{wd:g}" if kind == "baseline" else "")
+    """teacher_<size>_x<r>, baseline_<size>_x<r>_wd<wd>, auto_<size>_x<r> (with _wd<wd> at a weight decay other than
+    the recipe's), with _budget_<b> for a shortened run, and _s<k> for seed k > 0."""
+    salt_wd = kind == "auto" and wd not in (None, bench.WEIGHT_DECAY)
+    name = f"{kind}_{size}_{tag(repeats)}" + (f"_wd{wd:g}" if kind == "baseline" or salt_wd else "")
     return name + (f"_budget_{budget:g}" if budget != 1.0 else "") + (f"_s{seed}" if seed else "")
 
 
@@ -102,16 +105,16 @@ def baseline(size: str, repeats: float, wd: float = bench.WEIGHT_DECAY, seed: in
     return Run(RunSpec(name, SIZES[size][0], n, seed, group="baseline", extra=extra), size, repeats, "baseline")
 
 
-def auto(size: str, repeats: float, budget: float = 1.0, seed: int = 0) -> Run:
-    """The automatic stop with section 8's chosen end (CHOSEN_END: the additive mix) at w 0.5, on `budget` of the
-    cell's steps (its schedule fit to them), evaluated on the full run's grid."""
+def auto(size: str, repeats: float, budget: float = 1.0, seed: int = 0, wd: float = bench.WEIGHT_DECAY) -> Run:
+    """The automatic stop with section 8's chosen end (CHOSEN_END: the additive mix) at w 0.5 and weight decay `wd`,
+    on `budget` of the cell's steps (its schedule fit to them), evaluated on the full run's grid."""
     n = steps(size)
     end = dict(CHOSEN_END)
     schedule = end.pop("kd_schedule", "step")
-    extra = checkpointed({**scale_every(n), "kd_steps": "auto", **end})
+    extra = checkpointed({**scale_every(n), "kd_steps": "auto", **end, "weight_decay": wd})
     group = "auto" if budget == 1.0 else "budget"
     spec = RunSpec(
-        run_name("auto", size, repeats, budget=budget, seed=seed),
+        run_name("auto", size, repeats, wd, budget, seed),
         SIZES[size][0],
         round(n * budget),
         seed,
@@ -125,10 +128,22 @@ def auto(size: str, repeats: float, budget: float = 1.0, seed: int = 0) -> Run:
     return Run(spec, size, repeats, "auto", budget)
 
 
-def cell(size: str, repeats: float) -> list[Run]:
-    """A cell in training order: its teacher, the baselines (every weight decay at a repeated level), SALT."""
-    decays = WEIGHT_DECAYS if repeats > 1 else (bench.WEIGHT_DECAY,)
-    return [teacher(size, repeats), *(baseline(size, repeats, wd) for wd in decays), auto(size, repeats)]
+def cell(size: str, repeats: float, folder: Path = RUNS) -> list[Run]:
+    """A cell in training order: its teacher, the baselines at each of its weight decays, SALT at the recipe's, and
+    SALT at the weight decay the baselines chose where that is another (once they all ran)."""
+    wd = chosen_weight_decay(size, repeats, folder)
+    retuned = [auto(size, repeats, wd=wd)] if wd not in (None, bench.WEIGHT_DECAY) else []
+    base = [baseline(size, repeats, d) for d in decays(size, repeats, folder)]
+    return [teacher(size, repeats), *base, auto(size, repeats), *retuned]
+
+
+def decays(size: str, repeats: float, folder: Path = RUNS) -> tuple[float, ...]:
+    """The weight decays a cell's baseline runs at: every one of WEIGHT_DECAYS, but on the 2M cell (three hours a
+    run) the recipe's and the one the 1M one-epoch cell chose on dev (the recipe's alone until it chose)."""
+    if size != "2m":
+        return WEIGHT_DECAYS
+    chosen = chosen_weight_decay("1m", 1, folder)
+    return tuple(sorted({bench.WEIGHT_DECAY, chosen or bench.WEIGHT_DECAY}))
 
 
 def stored_final(name: str, folder: Path) -> float | None:
@@ -143,9 +158,23 @@ def chosen_baseline_final(size: str, repeats: float, folder: Path) -> float | No
     return None if wd is None else stored_final(run_name("baseline", size, repeats, wd), folder)
 
 
+def salt_weight_decay(size: str, repeats: float, folder: Path) -> float | None:
+    """The weight decay of the cell's stored seed-0 SALT run with the lowest final dev loss, among the recipe's and
+    the one the baselines chose; None before those ran."""
+    wd = chosen_weight_decay(size, repeats, folder)
+    if wd is None:
+        return None
+    paths = {d: folder / f"{run_name('auto', size, repeats, d)}.json" for d in {bench.WEIGHT_DECAY, wd}}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    return min(sorted(paths), key=lambda d: json.loads(paths[d].read_text())["final_dev_loss"])
+
+
 def seed0_gain(size: str, repeats: float, folder: Path) -> float | None:
-    """The chosen baseline's final test loss minus SALT's (seed 0); None before both ran."""
-    base, salt = chosen_baseline_final(size, repeats, folder), stored_final(run_name("auto", size, repeats), folder)
+    """The chosen baseline's final test loss minus the chosen SALT run's (seed 0); None before both ran."""
+    wd = salt_weight_decay(size, repeats, folder)
+    base = chosen_baseline_final(size, repeats, folder)
+    salt = None if wd is None else stored_final(run_name("auto", size, repeats, wd), folder)
     return None if base is None or salt is None else base - salt
 
 
@@ -159,10 +188,11 @@ def budget_runs(folder: Path = RUNS) -> list[Run]:
             gain = seed0_gain(size, r, folder)
             if gain is None or (gain <= 0 and size != "2m"):
                 continue
-            out.append(auto(size, r, BUDGETS[0]))
-            short = stored_final(run_name("auto", size, r, budget=BUDGETS[0]), folder)
+            wd = salt_weight_decay(size, r, folder)
+            out.append(auto(size, r, BUDGETS[0], wd=wd))
+            short = stored_final(run_name("auto", size, r, wd, BUDGETS[0]), folder)
             if short is not None and short <= chosen_baseline_final(size, r, folder):
-                out.append(auto(size, r, BUDGETS[1]))
+                out.append(auto(size, r, BUDGETS[1], wd=wd))
     return out
 
 
@@ -174,30 +204,30 @@ def seed_runs(seed: int = 1, folder: Path = RUNS) -> list[Run]:
         for r in REPEATS[size]:
             gain = seed0_gain(size, r, folder)
             if gain is not None and abs(gain) < 2 * SEED_NOISE:
-                out += [baseline(size, r, chosen_weight_decay(size, r, folder), seed), auto(size, r, seed=seed)]
+                base, salt = chosen_weight_decay(size, r, folder), salt_weight_decay(size, r, folder)
+                out += [baseline(size, r, base, seed), auto(size, r, seed=seed, wd=salt)]
     return out
 
 
 def chosen_weight_decay(size: str, repeats: float, folder: Path = RUNS) -> float | None:
     """The weight decay of the stored seed-0 baseline with the lowest final DEV loss (never the test half); None
     before all of the cell's baselines ran."""
-    decays = WEIGHT_DECAYS if repeats > 1 else (bench.WEIGHT_DECAY,)
-    paths = {wd: folder / f"{run_name('baseline', size, repeats, wd)}.json" for wd in decays}
+    paths = {wd: folder / f"{run_name('baseline', size, repeats, wd)}.json" for wd in decays(size, repeats, folder)}
     if not all(p.is_file() for p in paths.values()):
         return None
     return min(paths, key=lambda wd: json.loads(paths[wd].read_text())["final_dev_loss"])
 
 
-def groups() -> dict[str, list[Run]]:
+def groups(folder: Path = RUNS) -> dict[str, list[Run]]:
     """The study's groups in the issue's order: the repetition axis at 1M (its level 1 is the size axis's 1M cell),
-    the other sizes at level 1, the 0.5M student repeated; the budget forms and second seeds (named, from the stored
-    runs)."""
+    the other sizes at level 1, the 0.5M student repeated; the budget forms and second seeds. What runs follows the
+    runs stored in `folder` (the weight decays chosen, where SALT leads): called again as runs land, groups grow."""
     return {
-        "rep_1m": [run for r in REPEATS["1m"] for run in cell("1m", r)],
-        "size": [*cell("0.5m", 1), *cell("2m", 1)],
-        "rep_0.5m": [run for r in REPEATS["0.5m"] if r > 1 for run in cell("0.5m", r)],
-        "budget": budget_runs(),
-        "seeds": seed_runs(),
+        "rep_1m": [run for r in REPEATS["1m"] for run in cell("1m", r, folder)],
+        "size": [*cell("0.5m", 1, folder), *cell("2m", 1, folder)],
+        "rep_0.5m": [run for r in REPEATS["0.5m"] if r > 1 for run in cell("0.5m", r, folder)],
+        "budget": budget_runs(folder),
+        "seeds": seed_runs(1, folder),
     }
 
 

@@ -103,18 +103,27 @@ def commit_stored(names: list[str]) -> None:
     commit_files([*paths, *write_outputs()], f"size x repetition: {', '.join(names)}")
 
 
+def pending(names: list[str], busy: list[Run]) -> list[Run]:
+    """The runs of `names` neither stored nor training, as the stored runs define them now (a weight decay chosen
+    adds SALT at it, a lead adds the budget form)."""
+    training = {r.spec.name for r in busy}
+    todo = [r for r in named_runs(names) if r.spec.name not in training]
+    return [r for r in todo if not (RUNS / f"{r.spec.name}.json").is_file()]
+
+
 def train(args) -> None:
     """The runs to train, `args.parallel` at a time in spawned processes (one thread each): a slot that frees takes
-    the next run whose teacher is trained, so a short run never leaves a core idle waiting for a long one."""
+    the next run whose teacher is trained, so a short run never leaves a core idle waiting for a long one. The list
+    is drawn again whenever a run ends, so runs that the stored ones call for join the same invocation."""
     check_corpus()
-    todo = named_runs(args.only.split(",") if args.only else list(DEFAULT_GROUPS))
-    todo = [r for r in todo if not (RUNS / f"{r.spec.name}.json").is_file()]
-    restore_teachers(todo)
+    names = args.only.split(",") if args.only else list(DEFAULT_GROUPS)
+    todo = pending(names, [])
     print(f"to train ({len(todo)}): {', '.join(r.spec.name for r in todo)}", flush=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA does not survive fork
     with ProcessPoolExecutor(args.parallel, mp_context=context) as pool:
         busy: dict = {}
         while todo or busy:
+            restore_teachers(todo)
             while len(busy) < args.parallel and (run := ready(todo, list(busy.values()))) is not None:
                 todo.remove(run)
                 print("started:", run.spec.name, flush=True)
@@ -126,6 +135,7 @@ def train(args) -> None:
                 print("finished:", run.spec.name, flush=True)
                 if args.commit:
                     commit_stored([run.spec.name])
+            todo = pending(names, list(busy.values()))
 
 
 def parse_args():

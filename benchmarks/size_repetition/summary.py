@@ -24,7 +24,7 @@ from runs import (  # noqa: E402
     SIZES,
     STEP_COST,
     TOKENS_PER_PARAM,
-    WEIGHT_DECAYS,
+    decays,
     run_name,
     tag,
     teacher_name,
@@ -34,12 +34,15 @@ SEEDS = (0, 1, 2)
 FIGURE = ROOT / "gain_by_size.png"
 
 
-def cell_row(runs: dict[str, RunResult], size: str, repeats: float, costs: dict, train_rows: int | None) -> dict:
-    """One cell: its teacher, its baselines by weight decay (the dev half chooses), the automatic stop over the
-    seeds that ran with its baseline, the budget form; what is not stored yet is missing or None."""
+def cell_row(
+    runs: dict[str, RunResult], size: str, repeats: float, costs: dict, train_rows: int | None, folder: Path
+) -> dict:
+    """One cell: its teacher, its baselines and SALT runs by weight decay (the dev half chooses each), the automatic
+    stop over the seeds that ran with its baseline, the budget form; what is not stored yet is missing or None."""
     teacher = runs.get(f"teacher_{teacher_name(size, repeats)}")
-    decays = WEIGHT_DECAYS if repeats > 1 else (bench.WEIGHT_DECAY,)
-    by_wd = {wd: runs[n] for wd in decays if (n := run_name("baseline", size, repeats, wd)) in runs}
+    by_wd = {
+        wd: runs[n] for wd in decays(size, repeats, folder) if (n := run_name("baseline", size, repeats, wd)) in runs
+    }
     row: dict = {
         "cell": f"{size}_{tag(repeats)}",
         "size": size,
@@ -56,6 +59,8 @@ def cell_row(runs: dict[str, RunResult], size: str, repeats: float, costs: dict,
         return row
     wd = min(by_wd, key=lambda d: by_wd[d].final_dev_loss)  # the dev half chooses, the test half reports
     base0 = by_wd[wd]
+    salt_by_wd = {d: runs[n] for d in {bench.WEIGHT_DECAY, wd} if (n := run_name("auto", size, repeats, d)) in runs}
+    salt_wd = min(sorted(salt_by_wd), key=lambda d: salt_by_wd[d].final_dev_loss, default=bench.WEIGHT_DECAY)
     row |= {
         "student_params": base0.params,
         "teacher_params": teacher.params if teacher else None,
@@ -68,46 +73,57 @@ def cell_row(runs: dict[str, RunResult], size: str, repeats: float, costs: dict,
         if bench.WEIGHT_DECAY in by_wd
         else None,
         "baseline_passes_teacher_at": passes_at(base0, teacher),
+        "salt_by_weight_decay": {
+            f"{d:g}": {"test": r.final_test_loss, "dev": r.final_dev_loss} for d, r in sorted(salt_by_wd.items())
+        },
+        "salt_weight_decay": salt_wd,
     }
-    pairs = seed_pairs(runs, size, repeats, wd)
+    pairs = seed_pairs(runs, size, repeats, wd, salt_wd)
     if not pairs:
         return row | {"baseline_final_loss": bench.seed_stats([base0.final_test_loss])}
     cost = costs.get(size)
     against = [against_baseline(a, b, cost) for a, b in pairs.values()]
     auto0, recipe_base = pairs.get(0, (None, None))[0], by_wd.get(bench.WEIGHT_DECAY)
+    recipe_salt = salt_by_wd.get(bench.WEIGHT_DECAY)
     row |= {
         "seeds": sorted(pairs),
         "baseline_final_loss": bench.seed_stats([b.final_test_loss for _, b in pairs.values()]),
         "auto_final_loss": bench.seed_stats([a.final_test_loss for a, _ in pairs.values()]),
         "gain": bench.seed_stats([b.final_test_loss - a.final_test_loss for a, b in pairs.values()]),
-        # SALT against the recipe's untuned plain run (seed 0): the gain a user comparing with weight decay 0.01 sees
-        "gain_over_recipe_baseline": recipe_base.final_test_loss - auto0.final_test_loss
-        if auto0 and recipe_base
+        # both at the recipe's weight decay 0.01 (seed 0): the gain a user who tunes neither sees
+        "gain_over_recipe_baseline": recipe_base.final_test_loss - recipe_salt.final_test_loss
+        if recipe_salt and recipe_base
         else None,
+        # SALT at the recipe's weight decay against the tuned baseline (seed 0): what SALT adds where only the plain
+        # run is tuned
+        "gain_untuned_salt": base0.final_test_loss - recipe_salt.final_test_loss if recipe_salt else None,
         "steps_to_target_ratio": bench.seed_stats([r["steps_to_target_ratio"] for r in against], reached=True),
         "wallclock_to_target_ratio": bench.seed_stats([r["wallclock_to_target_ratio"] for r in against], reached=True),
         "kd_steps": [a.kd_steps for a, _ in pairs.values()],
         "kd_stage_end": [a.kd_steps / a.spec.steps for a, _ in pairs.values()],
     }
     if auto0 is not None:
-        row |= budget_block(runs, size, repeats, auto0, pairs[0][1], cost)
+        row |= budget_block(runs, size, repeats, salt_wd, auto0, pairs[0][1], cost)
     return row
 
 
-def seed_pairs(runs: dict[str, RunResult], size: str, repeats: float, wd: float) -> dict[int, tuple]:
-    """{seed: (automatic stop, baseline at the chosen weight decay)} for the seeds where both are stored."""
+def seed_pairs(runs: dict[str, RunResult], size: str, repeats: float, wd: float, salt_wd: float) -> dict[int, tuple]:
+    """{seed: (automatic stop, baseline), each at its chosen weight decay} for the seeds where both are stored."""
     out = {}
     for seed in SEEDS:
-        a, b = run_name("auto", size, repeats, seed=seed), run_name("baseline", size, repeats, wd, seed=seed)
+        a = run_name("auto", size, repeats, salt_wd, seed=seed)
+        b = run_name("baseline", size, repeats, wd, seed=seed)
         if a in runs and b in runs:
             out[seed] = (runs[a], runs[b])
     return out
 
 
-def budget_block(runs: dict[str, RunResult], size: str, repeats: float, full: RunResult, base, cost) -> dict:
-    """The budget form (seed 0): the shortened runs and the full-length one as the budget 1.0, against the chosen
-    baseline's final test loss, in steps and wall-clock."""
-    short = {b: runs[n] for b in BUDGETS if (n := run_name("auto", size, repeats, budget=b)) in runs}
+def budget_block(
+    runs: dict[str, RunResult], size: str, repeats: float, wd: float, full: RunResult, base, cost
+) -> dict:
+    """The budget form (seed 0, SALT's chosen weight decay `wd`): the shortened runs and the full-length one as the
+    budget 1.0, against the chosen baseline's final test loss, in steps and wall-clock."""
+    short = {b: runs[n] for b in BUDGETS if (n := run_name("auto", size, repeats, wd, b)) in runs}
     if not short:
         return {}
     stored = {r.spec.steps / base.spec.steps: r for r in short.values()} | {1.0: full}
@@ -137,7 +153,7 @@ def summarise(runs_folder: Path = RUNS, step_cost: Path = STEP_COST) -> dict:
     costs = bench.load_step_costs(step_cost)
     recipe = code_corpus.load_recipe()
     train_rows = recipe.get("built", {}).get("train_rows")
-    cells = [cell_row(runs, size, r, costs, train_rows) for size in SIZES for r in REPEATS[size]]
+    cells = [cell_row(runs, size, r, costs, train_rows, runs_folder) for size in SIZES for r in REPEATS[size]]
     return {
         "corpus_sha256": recipe.get("content_sha256"),
         "step_costs_measured": sorted(costs),
