@@ -5,8 +5,12 @@ same result."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +283,59 @@ def test_a_committed_teacher_is_shards_under_4_mb_with_the_same_weights(tmp_path
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "committed").state_dict()
     assert back.keys() == trained.state_dict().keys()
     assert all(torch.equal(back[k], v) for k, v in trained.state_dict().items())
+
+
+# ---- stopping an invocation stops its workers -------------------------------------------------------------------
+
+POOL = """
+import os, sys, time
+sys.path[:0] = [{paths}]
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+import size_repetition
+
+def forever(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(1, mp_context=context, initializer=size_repetition.die_with, initargs=(os.getpid(),))
+    pool.submit(forever, sys.argv[1])
+    while True:
+        time.sleep(1)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_invocation_takes_its_workers_with_it(tmp_path):
+    paths = ", ".join(repr(str(ROOT / p)) for p in ("benchmarks", "benchmarks/size_repetition", "tests"))
+    (tmp_path / "pool.py").write_text(POOL.format(paths=paths))
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "pool.py"), str(pid_file)], cwd=tmp_path)
+    try:
+        for _ in range(600):  # the worker imports torch before it writes its pid
+            if pid_file.is_file() and pid_file.read_text():
+                break
+            time.sleep(0.5)
+        worker = int(pid_file.read_text())
+        assert alive(worker)
+        parent.send_signal(signal.SIGKILL)  # as a stopped session ends it: no clean-up runs
+        parent.wait()
+        for _ in range(600):
+            if not alive(worker):
+                break
+            time.sleep(0.5)
+        assert not alive(worker)
+    finally:
+        parent.kill()

@@ -16,8 +16,11 @@ trains first checks the corpus against corpus.json's content hash and refuses a 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -103,6 +106,15 @@ def commit_stored(names: list[str]) -> None:
     commit_files([*paths, *write_outputs()], f"size x repetition: {', '.join(names)}")
 
 
+def die_with(parent: int) -> None:
+    """A worker's initializer: end the worker when the invocation that started it ends (Linux's parent-death signal),
+    so that stopping the invocation never leaves a worker training a run a later invocation trains too."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the signal was asked for
+        os._exit(1)
+
+
 def pending(names: list[str], busy: list[Run]) -> list[Run]:
     """The runs of `names` neither stored nor training, as the stored runs define them now (a weight decay chosen
     adds SALT at it, a lead adds the budget form)."""
@@ -120,7 +132,7 @@ def train(args) -> None:
     todo = pending(names, [])
     print(f"to train ({len(todo)}): {', '.join(r.spec.name for r in todo)}", flush=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA does not survive fork
-    with ProcessPoolExecutor(args.parallel, mp_context=context) as pool:
+    with ProcessPoolExecutor(args.parallel, mp_context=context, initializer=die_with, initargs=(os.getpid(),)) as pool:
         busy: dict = {}
         while todo or busy:
             restore_teachers(todo)
