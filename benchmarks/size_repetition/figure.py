@@ -8,18 +8,25 @@ import sys
 from pathlib import Path
 
 
-def by_level(summary: dict, key) -> dict[float, list[tuple[int, float]]]:
-    """{repeats: [(student parameters, value)]} for the cells where `key(row)` has a value, sorted by size."""
-    out: dict[float, list[tuple[int, float]]] = {}
+def by_level(summary: dict, key, x: str = "student_params", line: str = "repeats") -> dict:
+    """{line value: [(x value, value)]} for the cells where `key(row)` has a value, sorted by x: by default one line
+    per repetition level against the student's size."""
+    out: dict = {}
     for row in summary["cells"]:
         value = key(row)
-        if value is not None and row.get("student_params"):
-            out.setdefault(row["repeats"], []).append((row["student_params"], value))
-    return {r: sorted(points) for r, points in sorted(out.items())}
+        if value is not None and row.get(x):
+            out.setdefault(row[line], []).append((row[x], value))
+    return {k: sorted(points) for k, points in sorted(out.items())}
 
 
 def mean(row: dict, key: str):
     return (row.get(key) or {}).get("mean")
+
+
+def lines(ax, points_by_line: dict, style: str, label: str) -> None:
+    """One line per key of `points_by_line`, coloured by its place, labelled by `label.format(key)`."""
+    for i, (k, points) in enumerate(points_by_line.items()):
+        ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=label.format(k))
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -28,27 +35,35 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (gain, budget) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, (r, points) in enumerate(by_level(summary, lambda row: mean(row, "gain")).items()):
-        gain.plot(*zip(*points, strict=True), "o-", color=f"C{i}", label=f"data seen {r:g}x (SALT vs tuned baseline)")
-    for i, (r, points) in enumerate(by_level(summary, lambda row: row.get("gain_over_recipe_baseline")).items()):
-        gain.plot(*zip(*points, strict=True), "x:", color=f"C{i}", label=f"{r:g}x, vs weight decay 0.01")
-    gain.axhline(0, color="grey", lw=0.8)
-    gain.set(xscale="log", xlabel="student parameters", ylabel="baseline final - SALT final (nats, test)")
-    gain.set_title("gain against student size")
-    gain.legend(fontsize=8)
+    fig, (gain, budget, repeat) = plt.subplots(1, 3, figsize=(17, 4.8))
+    lines(gain, by_level(summary, lambda row: mean(row, "gain")), "o-", "{:g}x, both tuned on dev")
+    lines(gain, by_level(summary, lambda row: row.get("gain_over_recipe_baseline")), "x:", "{:g}x, both at wd 0.01")
+    gain.set(xlabel="student parameters", ylabel="baseline final - SALT final (nats, test)")
+    gain.set_title("gain against student size (one line per times the data is seen)")
     # budget-to-target: the budget form where it ran (solid: steps, dashed: wall-clock), else the curve (dotted)
-    for i, (r, points) in enumerate(by_level(summary, lambda row: row.get("budget_to_target")).items()):
-        budget.plot(*zip(*points, strict=True), "o-", color=f"C{i}", label=f"{r:g}x, budget form (steps)")
-    for i, (r, points) in enumerate(by_level(summary, lambda row: row.get("budget_wallclock_to_target")).items()):
-        budget.plot(*zip(*points, strict=True), "s--", color=f"C{i}", label=f"{r:g}x, budget form (wall-clock)")
-    for i, (r, points) in enumerate(by_level(summary, lambda row: mean(row, "steps_to_target_ratio")).items()):
-        budget.plot(*zip(*points, strict=True), "^:", color=f"C{i}", label=f"{r:g}x, full run's curve (steps)")
+    lines(budget, by_level(summary, lambda row: row.get("budget_to_target")), "o-", "{:g}x, budget form (steps)")
+    wall = by_level(summary, lambda row: row.get("budget_wallclock_to_target"))
+    lines(budget, wall, "s--", "{:g}x, budget form (wall-clock)")
+    curve = by_level(summary, lambda row: mean(row, "steps_to_target_ratio"))
+    lines(budget, curve, "^:", "{:g}x, full run's curve (steps)")
     budget.axhline(1.0, color="grey", lw=0.8)
     budget.axhline(0.7, color="grey", lw=0.8, ls=":")
-    budget.set(xscale="log", xlabel="student parameters", ylabel="fraction of the baseline's steps / time")
-    budget.set_title("budget-to-target (the baseline's final test loss)")
-    budget.legend(fontsize=8)
+    budget.set(xlabel="student parameters", ylabel="fraction of the baseline's steps / time")
+    budget.set_title("budget-to-target (the tuned baseline's final test loss)")
+    for ax in (gain, budget):
+        ax.set_xscale("log")
+        ax.set_xlim(3e5, 3e6)
+    # the repetition axis: one line per size, both tuned (solid) and both at the recipe's weight decay (dotted)
+    tuned = by_level(summary, lambda row: mean(row, "gain"), x="repeats", line="size")
+    lines(repeat, tuned, "o-", "{}, both tuned on dev")
+    recipe = by_level(summary, lambda row: row.get("gain_over_recipe_baseline"), x="repeats", line="size")
+    lines(repeat, recipe, "x:", "{}, both at wd 0.01")
+    repeat.set(xlabel="times the data is seen", ylabel="baseline final - SALT final (nats, test)")
+    repeat.set_title("gain against repetition (one line per student size)")
+    for ax in (gain, repeat):
+        ax.axhline(0, color="grey", lw=0.8)
+    for ax in (gain, budget, repeat):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
