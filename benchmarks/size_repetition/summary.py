@@ -78,14 +78,29 @@ def cell_row(
         },
         "salt_weight_decay": salt_wd,
     }
+    return row | seeds_block(runs, size, repeats, wd, salt_wd, by_wd, salt_by_wd, costs.get(size))
+
+
+def seeds_block(
+    runs: dict[str, RunResult],
+    size: str,
+    repeats: float,
+    wd: float,
+    salt_wd: float,
+    by_wd: dict,
+    salt_by_wd: dict,
+    cost,
+) -> dict:
+    """The comparison at each arm's chosen weight decay over the seeds where both ran, the gains at the recipe's
+    weight decay (seed 0) and the budget form; only the chosen baseline's loss before SALT ran."""
+    base0 = by_wd[wd]
     pairs = seed_pairs(runs, size, repeats, wd, salt_wd)
     if not pairs:
-        return row | {"baseline_final_loss": bench.seed_stats([base0.final_test_loss])}
-    cost = costs.get(size)
+        return {"baseline_final_loss": bench.seed_stats([base0.final_test_loss])}
     against = [against_baseline(a, b, cost) for a, b in pairs.values()]
     auto0, recipe_base = pairs.get(0, (None, None))[0], by_wd.get(bench.WEIGHT_DECAY)
     recipe_salt = salt_by_wd.get(bench.WEIGHT_DECAY)
-    row |= {
+    row = {
         "seeds": sorted(pairs),
         "baseline_final_loss": bench.seed_stats([b.final_test_loss for _, b in pairs.values()]),
         "auto_final_loss": bench.seed_stats([a.final_test_loss for a, _ in pairs.values()]),
