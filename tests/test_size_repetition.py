@@ -212,6 +212,25 @@ def test_the_2m_cell_tunes_at_the_weight_decay_the_1m_one_epoch_cell_chose(tmp_p
     assert runs.cell("1m", 1, folder)[-1].spec.name == "auto_1m_x1_wd0.3"
 
 
+def test_the_grid_widens_while_its_largest_weight_decay_still_wins_on_dev(tmp_path):
+    folder = tmp_path / "runs"
+    for wd, dev in ((0.01, 1.45), (0.1, 1.42), (0.3, 1.39)):  # 0.3 best on dev by 0.03, over the seed noise
+        stored(tmp_path, f"baseline_1m_x8_wd{wd:g}", [(1000, dev)], dev, wd=wd)
+    assert runs.decays("1m", 8, folder) == (0.01, 0.1, 0.3, 1.0)
+    assert runs.chosen_weight_decay("1m", 8, folder) is None  # 1.0 has not run: nothing chosen yet
+    assert "baseline_1m_x8_wd1" in [r.spec.name for r in runs.cell("1m", 8, folder)]
+    stored(tmp_path, "baseline_1m_x8_wd1", [(1000, 1.38)], 1.36, wd=1.0)  # better by 0.03 again: 3.0 too
+    assert runs.decays("1m", 8, folder) == (0.01, 0.1, 0.3, 1.0, 3.0)
+    stored(tmp_path, "baseline_1m_x8_wd3", [(1000, 1.40)], 1.37, wd=3.0)  # worse: the grid stops, 1.0 chosen
+    assert runs.decays("1m", 8, folder) == (0.01, 0.1, 0.3, 1.0, 3.0)
+    assert runs.chosen_weight_decay("1m", 8, folder) == 1.0
+    assert runs.cell("1m", 8, folder)[-1].spec.name == "auto_1m_x8_wd1"
+    # the largest best by less than the seed noise (0.012): the grid stays as it is
+    for wd, dev in ((0.01, 1.30), (0.1, 1.29), (0.3, 1.28)):
+        stored(tmp_path, f"baseline_1m_x3.5_wd{wd:g}", [(1000, dev)], dev, wd=wd)
+    assert runs.decays("1m", 3.5, folder) == runs.WEIGHT_DECAYS and runs.chosen_weight_decay("1m", 3.5, folder) == 0.3
+
+
 def test_pending_draws_the_runs_again_from_what_is_stored(results, monkeypatch):
     monkeypatch.setattr(size_repetition, "RUNS", results / "runs")
     monkeypatch.setattr(size_repetition, "groups", lambda: runs.groups(results / "runs"))
@@ -219,7 +238,7 @@ def test_pending_draws_the_runs_again_from_what_is_stored(results, monkeypatch):
     assert "auto_1m_x3.5" not in todo and "teacher_sr_1m_x1" in todo  # stored runs are skipped
     busy = size_repetition.named_runs(["teacher_sr_1m_x1"])
     assert "teacher_sr_1m_x1" not in [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
-    for wd, dev in ((0.1, 1.295), (0.3, 1.28)):
+    for wd, dev in ((0.1, 1.295), (0.3, 1.285)):
         stored(results, f"baseline_1m_x1_wd{wd:g}", [(1000, dev)], dev, wd=wd)
     assert "auto_1m_x1_wd0.3" in [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
 

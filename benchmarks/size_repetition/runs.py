@@ -6,9 +6,10 @@ A cell is a student size and a repetition level. Every student trains TOKENS_PER
 split (each token seen at most once), at level r from a slice of budget / r tokens, repeated r times. Each cell has
 its own teacher (about half the student, smaller in width and depth), trained on the cell's data for the student's
 steps as a finished model, as a user with only that data would have it. The plain baseline is run at each of
-WEIGHT_DECAYS (the 2M cell: the recipe's and the one the 1M one-epoch cell chose) and the one with the lowest final dev
-loss is the baseline (the test half reports); SALT runs at the recipe's weight decay and, once the baselines chose
-another, at that one too, and the dev half chooses between them the same way.
+WEIGHT_DECAYS, widened while the largest wins on dev (the 2M cell: the recipe's and the one the 1M one-epoch cell
+chose), and the one with the lowest final dev loss is the baseline (the test half reports); SALT runs at the recipe's
+weight decay and, once the baselines chose another, at that one too, and the dev half chooses between them the same
+way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SIZES = {"0.5m": ("4x96", "3x80"), "1m": ("5x128", "4x96"), "2m": ("6x160", "5x1
 TOKENS_PER_PARAM = {"0.5m": 20, "1m": 20, "2m": 20}  # the 2M cell is the one to shrink if the plan is too long
 REPEATS = {"0.5m": (1, 3.5), "1m": (1, 3.5, 8), "2m": (1,)}  # how often the cell's slice of the corpus is seen
 WEIGHT_DECAYS = (0.01, 0.1, 0.3)  # the plain baseline's regularisation, chosen on dev; 0.01 is the recipe's
+WIDER_DECAYS = (1.0, 3.0)  # added in turn while the grid's largest wins on dev by more than the seed noise
 BUDGETS = (0.8, 0.7)  # the budget form: the automatic stop on a shortened run, its schedule fit to it
 SEED_NOISE = 0.012  # nats: section 8's baselines' spread over seeds (paper_regime/REPORT.md), until this has its own
 SAVE_EVERY, KEEP = 500, 2  # checkpoints (a run resumes from its newest complete one), how many are kept
@@ -138,18 +140,40 @@ def cell(size: str, repeats: float, folder: Path = RUNS) -> list[Run]:
 
 
 def decays(size: str, repeats: float, folder: Path = RUNS) -> tuple[float, ...]:
-    """The weight decays a cell's baseline runs at: every one of WEIGHT_DECAYS, but on the 2M cell (three hours a
-    run) the recipe's and the one the 1M one-epoch cell chose on dev (the recipe's alone until it chose)."""
-    if size != "2m":
-        return WEIGHT_DECAYS
-    chosen = chosen_weight_decay("1m", 1, folder)
-    return tuple(sorted({bench.WEIGHT_DECAY, chosen or bench.WEIGHT_DECAY}))
+    """The weight decays a cell's baseline runs at: WEIGHT_DECAYS, widened by the next of WIDER_DECAYS while the
+    largest so far has the lowest final dev loss by more than the seed noise (the best plain run is not at the edge
+    of the grid); on the 2M cell (three hours a run) the recipe's and the one the 1M one-epoch cell chose on dev (the
+    recipe's alone until it chose)."""
+    if size == "2m":
+        chosen = chosen_weight_decay("1m", 1, folder)
+        return tuple(sorted({bench.WEIGHT_DECAY, chosen or bench.WEIGHT_DECAY}))
+    grid = list(WEIGHT_DECAYS)
+    for wider in WIDER_DECAYS:
+        if not still_falling(size, repeats, grid, folder):
+            break
+        grid.append(wider)
+    return tuple(grid)
+
+
+def still_falling(size: str, repeats: float, grid: list[float], folder: Path) -> bool:
+    """Whether the baseline at the grid's largest weight decay has the lowest final dev loss of the grid, lower than
+    the next smaller one's by more than the seed noise (False while any of them has not run)."""
+    dev = [stored_dev(run_name("baseline", size, repeats, wd), folder) for wd in grid]
+    if None in dev:
+        return False
+    return dev[-1] == min(dev) and dev[-2] - dev[-1] > SEED_NOISE
 
 
 def stored_final(name: str, folder: Path) -> float | None:
     """A stored run's final test loss; None before it ran."""
     path = folder / f"{name}.json"
     return json.loads(path.read_text())["final_test_loss"] if path.is_file() else None
+
+
+def stored_dev(name: str, folder: Path) -> float | None:
+    """A stored run's final dev loss; None before it ran."""
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text())["final_dev_loss"] if path.is_file() else None
 
 
 def chosen_baseline_final(size: str, repeats: float, folder: Path) -> float | None:
