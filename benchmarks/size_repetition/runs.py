@@ -158,22 +158,16 @@ def decays(size: str, repeats: float, folder: Path = RUNS) -> tuple[float, ...]:
 def still_falling(size: str, repeats: float, grid: list[float], folder: Path) -> bool:
     """Whether the baseline at the grid's largest weight decay has the lowest final dev loss of the grid, lower than
     the next smaller one's by more than the seed noise (False while any of them has not run)."""
-    dev = [stored_dev(run_name("baseline", size, repeats, wd), folder) for wd in grid]
+    dev = [stored_final(run_name("baseline", size, repeats, wd), folder, "dev") for wd in grid]
     if None in dev:
         return False
     return dev[-1] == min(dev) and dev[-2] - dev[-1] > SEED_NOISE
 
 
-def stored_final(name: str, folder: Path) -> float | None:
-    """A stored run's final test loss; None before it ran."""
+def stored_final(name: str, folder: Path, half: str = "test") -> float | None:
+    """A stored run's final loss on the `half` ("test" or "dev"); None before it ran."""
     path = folder / f"{name}.json"
-    return json.loads(path.read_text())["final_test_loss"] if path.is_file() else None
-
-
-def stored_dev(name: str, folder: Path) -> float | None:
-    """A stored run's final dev loss; None before it ran."""
-    path = folder / f"{name}.json"
-    return json.loads(path.read_text())["final_dev_loss"] if path.is_file() else None
+    return json.loads(path.read_text())[f"final_{half}_loss"] if path.is_file() else None
 
 
 def chosen_baseline_final(size: str, repeats: float, folder: Path) -> float | None:
