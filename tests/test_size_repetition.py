@@ -100,7 +100,9 @@ def test_only_refuses_an_unknown_name():
 # ---- the summary on stored JSON --------------------------------------------------------------------------------
 
 
-def stored(folder: Path, name: str, curve: list[tuple[int, float]], dev: float, *, steps=1000, kd_steps=0, wd=None):
+def stored(
+    folder: Path, name: str, curve: list[tuple[int, float]], dev: float, *, steps=1000, kd_steps=0, wd=None, log=()
+):
     model = "4x96" if name.startswith("teacher") else "5x128"
     extra = {} if wd is None else {"weight_decay": wd}
     spec = bench.RunSpec(name, model=model, steps=steps, extra=extra)
@@ -117,7 +119,7 @@ def stored(folder: Path, name: str, curve: list[tuple[int, float]], dev: float, 
         step_times_s=[0.001] * steps,
         median_kd_step_s=None,
         median_plain_step_s=0.001,
-        train_log=[],
+        train_log=list(log),
     )
     result.save(folder / "runs" / f"{name}.json")
 
@@ -126,8 +128,9 @@ def stored(folder: Path, name: str, curve: list[tuple[int, float]], dev: float, 
 def results(tmp_path: Path) -> Path:
     falling = [(100, 2.0), (500, 1.4), (700, 1.19), (1000, 1.15)]  # SALT: at the chosen baseline's final at 700
     stored(tmp_path, "teacher_sr_1m_x3.5", [(500, 1.5), (1000, 1.3)], 1.3)
-    stored(tmp_path, "baseline_1m_x3.5_wd0.01", [(300, 1.5), (1000, 1.20)], 1.18, wd=0.01)
-    stored(tmp_path, "baseline_1m_x3.5_wd0.1", [(300, 1.5), (1000, 1.19)], 1.17, wd=0.1)  # the best on dev
+    stored(tmp_path, "baseline_1m_x3.5_wd0.01", [(300, 1.5), (700, 1.19), (1000, 1.20)], 1.18, wd=0.01)  # rose late
+    log = [{"loss": 2.0}] * 5 + [{"loss": 1.0}] * 20 + [{"train_runtime": 9.0}]  # the last 20 losses: 1.0
+    stored(tmp_path, "baseline_1m_x3.5_wd0.1", [(300, 1.5), (1000, 1.19)], 1.17, wd=0.1, log=log)  # the best on dev
     stored(tmp_path, "baseline_1m_x3.5_wd0.3", [(300, 1.5), (1000, 1.18)], 1.19, wd=0.3)  # best on test: not chosen
     stored(tmp_path, "auto_1m_x3.5", falling, 1.14, kd_steps=500)
     # SALT at the weight decay the baselines chose: worse on dev, so the recipe's stays SALT's
@@ -144,7 +147,10 @@ def test_summary_chooses_the_weight_decay_on_dev_and_measures_gain_and_budget(re
     assert set(cells) == {"1m_x1", "1m_x3.5"}  # cells without a stored run are left out
     row = cells["1m_x3.5"]
     assert row["weight_decay"] == 0.1 and row["weight_decays_run"] == [0.01, 0.1, 0.3]
-    assert row["salt_weight_decay"] == 0.01 and row["salt_by_weight_decay"]["0.1"] == {"test": 1.16, "dev": 1.145}
+    assert row["salt_weight_decay"] == 0.01 and row["salt_by_weight_decay"]["0.1"]["dev"] == 1.145
+    by_wd = row["baseline_by_weight_decay"]
+    assert by_wd["0.1"] == {"test": 1.19, "dev": 1.17, "train_end": 1.0, "lowest_test_step": 1000}
+    assert by_wd["0.01"]["lowest_test_step"] == 700 and by_wd["0.01"]["train_end"] is None  # no log stored
     assert row["gain_untuned_salt"] == pytest.approx(0.04)
     assert row["baseline_final_loss"]["seeds"] == [1.19]
     assert row["gain"]["mean"] == pytest.approx(0.04)

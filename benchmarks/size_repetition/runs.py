@@ -180,12 +180,7 @@ def salt_weight_decay(size: str, repeats: float, folder: Path) -> float | None:
     """The weight decay of the cell's stored seed-0 SALT run with the lowest final dev loss, among the recipe's and
     the one the baselines chose; None before those ran."""
     wd = chosen_weight_decay(size, repeats, folder)
-    if wd is None:
-        return None
-    paths = {d: folder / f"{run_name('auto', size, repeats, d)}.json" for d in {bench.WEIGHT_DECAY, wd}}
-    if not all(p.is_file() for p in paths.values()):
-        return None
-    return min(sorted(paths), key=lambda d: json.loads(paths[d].read_text())["final_dev_loss"])
+    return None if wd is None else dev_choice("auto", size, repeats, {bench.WEIGHT_DECAY, wd}, folder)
 
 
 def seed0_gain(size: str, repeats: float, folder: Path) -> float | None:
@@ -230,10 +225,14 @@ def seed_runs(seed: int = 1, folder: Path = RUNS) -> list[Run]:
 def chosen_weight_decay(size: str, repeats: float, folder: Path = RUNS) -> float | None:
     """The weight decay of the stored seed-0 baseline with the lowest final DEV loss (never the test half); None
     before all of the cell's baselines ran."""
-    paths = {wd: folder / f"{run_name('baseline', size, repeats, wd)}.json" for wd in decays(size, repeats, folder)}
-    if not all(p.is_file() for p in paths.values()):
-        return None
-    return min(paths, key=lambda wd: json.loads(paths[wd].read_text())["final_dev_loss"])
+    return dev_choice("baseline", size, repeats, decays(size, repeats, folder), folder)
+
+
+def dev_choice(kind: str, size: str, repeats: float, wds, folder: Path) -> float | None:
+    """Among the seed-0 `kind` runs of a cell at the weight decays `wds`, the one with the lowest final dev loss;
+    None while any of them has not run."""
+    dev = {wd: stored_final(run_name(kind, size, repeats, wd), folder, "dev") for wd in sorted(wds)}
+    return None if None in dev.values() else min(dev, key=dev.get)
 
 
 def groups(folder: Path = RUNS) -> dict[str, list[Run]]:

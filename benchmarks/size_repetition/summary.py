@@ -51,9 +51,7 @@ def cell_row(
         "repeats": repeats,
         "tokens_per_param": TOKENS_PER_PARAM[size],
         "teacher_final_loss": teacher.final_test_loss if teacher else None,
-        "baseline_by_weight_decay": {
-            f"{wd:g}": {"test": r.final_test_loss, "dev": r.final_dev_loss} for wd, r in by_wd.items()
-        },
+        "baseline_by_weight_decay": {f"{wd:g}": arm_losses(r) for wd, r in by_wd.items()},
     }
     if not by_wd:
         return row
@@ -73,12 +71,22 @@ def cell_row(
         if bench.WEIGHT_DECAY in by_wd
         else None,
         "baseline_passes_teacher_at": passes_at(base0, teacher),
-        "salt_by_weight_decay": {
-            f"{d:g}": {"test": r.final_test_loss, "dev": r.final_dev_loss} for d, r in sorted(salt_by_wd.items())
-        },
+        "salt_by_weight_decay": {f"{d:g}": arm_losses(r) for d, r in sorted(salt_by_wd.items())},
         "salt_weight_decay": salt_wd,
     }
     return row | seeds_block(runs, size, repeats, wd, salt_wd, by_wd, salt_by_wd, costs.get(size))
+
+
+def arm_losses(run: RunResult, last: int = 20) -> dict:
+    """A run's final test and dev loss, the mean training loss of its last `last` logged steps (None without a log)
+    and the step of its lowest test loss on the evaluation grid (the last one where no curve rose late)."""
+    train = [e["loss"] for e in run.train_log if "loss" in e][-last:]
+    return {
+        "test": run.final_test_loss,
+        "dev": run.final_dev_loss,
+        "train_end": sum(train) / len(train) if train else None,
+        "lowest_test_step": min(run.curve_step_test_dev, key=lambda p: p[1])[0],
+    }
 
 
 def seeds_block(
