@@ -166,6 +166,17 @@ def test_summary_chooses_the_weight_decay_on_dev_and_measures_gain_and_budget(re
     assert "gain" not in cells["1m_x1"] and cells["1m_x1"]["baseline_final_loss"]["seeds"] == [1.30]
 
 
+def test_a_second_seed_joins_the_cell_and_measures_the_studys_own_seed_noise(results):
+    assert summary.summarise(results / "runs", results / "step_cost.json")["seed_noise"] is None  # one seed
+    stored(results, "baseline_1m_x3.5_wd0.1_s1", [(300, 1.5), (1000, 1.21)], 1.18, wd=0.1)
+    stored(results, "auto_1m_x3.5_s1", [(500, 1.4), (1000, 1.18)], 1.16, kd_steps=500)
+    out = summary.summarise(results / "runs", results / "step_cost.json")
+    row = {c["cell"]: c for c in out["cells"]}["1m_x3.5"]
+    assert row["seeds"] == [0, 1] and row["baseline_final_loss"]["seeds"] == [1.19, 1.21]
+    assert row["gain"]["seeds"] == pytest.approx([0.04, 0.03])
+    assert out["seed_noise"] == pytest.approx(0.02 / 2**0.5)  # the standard deviation of 1.19 and 1.21
+
+
 def test_budget_and_second_seeds_follow_the_stored_runs(results):
     folder = results / "runs"
 

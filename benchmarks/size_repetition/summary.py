@@ -5,6 +5,7 @@ alone (no corpus, no checkpoint), and the figure. Wall-clock weighs steps at the
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -177,12 +178,21 @@ def summarise(runs_folder: Path = RUNS, step_cost: Path = STEP_COST) -> dict:
     recipe = code_corpus.load_recipe()
     train_rows = recipe.get("built", {}).get("train_rows")
     cells = [cell_row(runs, size, r, costs, train_rows, runs_folder) for size in SIZES for r in REPEATS[size]]
+    cells = [c for c in cells if c["baseline_by_weight_decay"]]
     return {
         "corpus_sha256": recipe.get("content_sha256"),
         "step_costs_measured": sorted(costs),
-        "cells": [c for c in cells if c["baseline_by_weight_decay"]],
+        "seed_noise": seed_noise(cells),
+        "cells": cells,
         "runs": sorted(runs),
     }
+
+
+def seed_noise(cells: list[dict]) -> float | None:
+    """The study's own seed noise: the standard deviation of the chosen baselines' final test loss over seeds, pooled
+    over the cells with two seeds or more (the root mean square of theirs); None before any cell has two."""
+    stds = [c["baseline_final_loss"]["std"] for c in cells if len(c.get("seeds", ())) > 1]
+    return math.sqrt(sum(s * s for s in stds) / len(stds)) if stds else None
 
 
 def write_outputs(out: Path = ROOT) -> list[Path]:
