@@ -19,6 +19,7 @@ from figure import plot  # noqa: E402
 from paper_regime_summary import against_baseline, budget_form  # noqa: E402
 from runs import (  # noqa: E402
     BUDGETS,
+    GOAL,
     REPEATS,
     ROOT,
     RUNS,
@@ -127,7 +128,7 @@ def seeds_block(
         "kd_stage_end": [a.kd_steps / a.spec.steps for a, _ in pairs.values()],
     }
     if auto0 is not None:
-        row |= budget_block(runs, size, repeats, salt_wd, auto0, pairs[0][1], cost)
+        row |= budget_block(runs, size, repeats, salt_wd, pairs, cost)
     return row
 
 
@@ -142,19 +143,36 @@ def seed_pairs(runs: dict[str, RunResult], size: str, repeats: float, wd: float,
     return out
 
 
-def budget_block(
-    runs: dict[str, RunResult], size: str, repeats: float, wd: float, full: RunResult, base, cost
-) -> dict:
-    """The budget form (seed 0, SALT's chosen weight decay `wd`): the shortened runs and the full-length one as the
-    budget 1.0, against the chosen baseline's final test loss, in steps and wall-clock."""
-    short = {b: runs[n] for b in BUDGETS if (n := run_name("auto", size, repeats, wd, b)) in runs}
-    if not short:
+def budget_block(runs: dict[str, RunResult], size: str, repeats: float, wd: float, pairs: dict, cost) -> dict:
+    """The budget form (SALT's chosen weight decay `wd`) per seed of `pairs` that has one: its shortened runs and the
+    full-length one as the budget 1.0, against that seed's chosen baseline, in steps and wall-clock; seed 0's at the
+    top, and whether the issue's goal holds on two seeds or more (None before the second)."""
+    per_seed = {}
+    for seed, (full, base) in pairs.items():
+        short = {b: runs[n] for b in BUDGETS if (n := run_name("auto", size, repeats, wd, b, seed)) in runs}
+        if short:
+            stored = {r.spec.steps / base.spec.steps: r for r in short.values()} | {1.0: full}
+            per_seed[seed] = {
+                "budget_finals": {f"{b:g}": r.final_test_loss for b, r in short.items()},
+                **budget_form(stored, base.final_test_loss, cost, base.spec.steps),
+            }
+    if 0 not in per_seed:
         return {}
-    stored = {r.spec.steps / base.spec.steps: r for r in short.values()} | {1.0: full}
-    return {
-        "budget_finals": {f"{b:g}": r.final_test_loss for b, r in short.items()},
-        **budget_form(stored, base.final_test_loss, cost, base.spec.steps),
-    }
+    by_seed = {str(k): v for k, v in per_seed.items()}
+    return {**per_seed[0], "budget_by_seed": by_seed, "goal_met": goal_met(list(per_seed.values()))}
+
+
+def goal_met(per_seed: list[dict]) -> bool | None:
+    """The issue's goal: the budget form at the baseline's final test loss on at most GOAL's fractions of its steps
+    and wall-clock, on every seed, two at least; False once a seed misses it, None while one seed has run."""
+    hit = [
+        b["budget_to_target"] is not None
+        and b["budget_to_target"] <= GOAL["steps"]
+        and b["budget_wallclock_to_target"] is not None
+        and b["budget_wallclock_to_target"] <= GOAL["wallclock"]
+        for b in per_seed
+    ]
+    return False if not all(hit) else None if len(hit) < 2 else True
 
 
 def epochs(student_steps: int, repeats: float, train_rows: int | None) -> float | None:
