@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "size_repetition")]
 
 import bench  # noqa: E402  (script folders, put on the path above)
+import figure  # noqa: E402
 import runs  # noqa: E402
 import size_repetition  # noqa: E402
 import summary  # noqa: E402
@@ -183,6 +184,19 @@ def test_a_second_seed_joins_the_cell_and_measures_the_studys_own_seed_noise(res
     # against seed 1's own baseline, 1.21: halfway between 0.7's 1.22 and 0.8's 1.20
     assert row["budget_by_seed"]["1"]["budget_to_target"] == pytest.approx(0.75)
     assert row["budget_to_target"] == row["budget_by_seed"]["0"]["budget_to_target"]
+
+
+def test_the_figure_draws_a_ratio_only_where_every_seed_reached_the_target():
+    row = {
+        "steps_to_target_ratio": {"mean": 0.66, "seeds": [0.66, None]},
+        "budget_by_seed": {"0": {"budget_to_target": 0.72}, "1": {"budget_to_target": None}},
+    }
+    assert figure.every_seed(row, "steps_to_target_ratio") is None  # the mean of the seeds that reached: hidden
+    assert figure.budget_every_seed(row, "budget_to_target") is None
+    row["steps_to_target_ratio"]["seeds"][1] = 0.70
+    row["budget_by_seed"]["1"]["budget_to_target"] = 0.78
+    assert figure.every_seed(row, "steps_to_target_ratio") == 0.66  # the summary's mean
+    assert figure.budget_every_seed(row, "budget_to_target") == pytest.approx(0.75)
 
 
 def test_the_goal_holds_on_every_seed_two_at_least():
