@@ -262,7 +262,10 @@ def test_the_2m_cell_tunes_at_the_weight_decay_the_1m_one_epoch_cell_chose(tmp_p
     assert runs.decays("2m", 1, folder) == (0.01, 0.3)
     assert runs.decays("1m", 1, folder) == runs.decays("0.5m", 3.5, folder) == runs.WEIGHT_DECAYS
     names = [r.spec.name for r in runs.cell("2m", 1, folder)]
-    assert names == ["teacher_sr_2m_x1", "baseline_2m_x1_wd0.01", "baseline_2m_x1_wd0.3", "auto_2m_x1"]
+    # SALT at 0.3 beside its baseline, before the baselines chose: the larger weight decay first
+    assert names[3:] == ["auto_2m_x1_wd0.3", "auto_2m_x1"]
+    assert names[:3] == ["teacher_sr_2m_x1", "baseline_2m_x1_wd0.01", "baseline_2m_x1_wd0.3"]
+    assert runs.chosen_weight_decay("2m", 1, folder) is None
     assert runs.cell("1m", 1, folder)[-1].spec.name == "auto_1m_x1_wd0.3"
 
 

@@ -8,8 +8,8 @@ its own teacher (about half the student, smaller in width and depth), trained on
 steps as a finished model, as a user with only that data would have it. The plain baseline is run at each of
 WEIGHT_DECAYS, widened while the largest wins on dev (the 2M cell: the recipe's and the one the 1M one-epoch cell
 chose), and the one with the lowest final dev loss is the baseline (the test half reports); SALT runs at the recipe's
-weight decay and, once the baselines chose another, at that one too, and the dev half chooses between them the same
-way.
+weight decay and, once the baselines chose another, at that one too (the 2M cell: at its baselines' two from the
+start), and the dev half chooses between them the same way.
 """
 
 from __future__ import annotations
@@ -132,12 +132,20 @@ def auto(size: str, repeats: float, budget: float = 1.0, seed: int = 0, wd: floa
 
 
 def cell(size: str, repeats: float, folder: Path = RUNS) -> list[Run]:
-    """A cell in training order: its teacher, the baselines at each of its weight decays, SALT at the recipe's, and
-    SALT at the weight decay the baselines chose where that is another (once they all ran)."""
-    wd = chosen_weight_decay(size, repeats, folder)
-    retuned = [auto(size, repeats, wd=wd)] if wd not in (None, bench.WEIGHT_DECAY) else []
+    """A cell in training order: its teacher, the baselines at each of its weight decays, then SALT at each of
+    `salt_decays`."""
     base = [baseline(size, repeats, d) for d in decays(size, repeats, folder)]
-    return [teacher(size, repeats), *base, auto(size, repeats), *retuned]
+    return [teacher(size, repeats), *base, *(auto(size, repeats, wd=d) for d in salt_decays(size, repeats, folder))]
+
+
+def salt_decays(size: str, repeats: float, folder: Path = RUNS) -> tuple[float, ...]:
+    """The weight decays SALT runs at: the recipe's, and the one the baselines chose where that is another (once they
+    all ran); on the 2M cell (three hours a run) its baselines' two from the start, the larger first, so that the
+    pair at the 1M one-epoch cell's choice trains side by side rather than one after the other."""
+    if size == "2m":
+        return tuple(sorted(decays(size, repeats, folder), reverse=True))
+    wd = chosen_weight_decay(size, repeats, folder)
+    return (bench.WEIGHT_DECAY,) if wd in (None, bench.WEIGHT_DECAY) else (bench.WEIGHT_DECAY, wd)
 
 
 def decays(size: str, repeats: float, folder: Path = RUNS) -> tuple[float, ...]:
