@@ -24,6 +24,7 @@ import figure  # noqa: E402
 import runs  # noqa: E402
 import size_repetition  # noqa: E402
 import summary  # noqa: E402
+import table  # noqa: E402
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
 
@@ -316,6 +317,35 @@ def test_summarise_only_reproduces_the_committed_summary():
     if not committed.is_file():
         pytest.skip("no runs of the study committed yet")
     assert json.loads(json.dumps(summary.summarise())) == json.loads(committed.read_text())
+    # the study README's table is the committed summary's, as written with every committed run
+    assert table.written(table.README.read_text()) == table.block(json.loads(committed.read_text()))
+
+
+def test_the_readme_table_is_rewritten_from_the_summary_and_nothing_else(results):
+    costs = {"1m": {"plain_step_s": 1.0, "kd_fused_step_s": 1.5, "plain_fused_step_s": 1.0}}
+    (results / "step_cost.json").write_text(json.dumps(costs))
+    stored(results, "baseline_1m_x3.5_wd0.1_s1", [(300, 1.5), (1000, 1.21)], 1.18, wd=0.1)
+    stored(results, "auto_1m_x3.5_s1", [(500, 1.4), (1000, 1.18)], 1.16, kd_steps=500)
+    readme = results / "README.md"
+    readme.write_text(f"# Study\n\nBefore.\n\n{table.BEGIN}\nstale\n{table.END}\n\nAfter.\n")
+    paths = summary.write_outputs(results, readme)
+    assert paths[-1] == readme
+    text = readme.read_text()
+    assert text.startswith("# Study\n\nBefore.\n\n") and text.endswith("\n\nAfter.\n") and "stale" not in text
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in text.splitlines() if line.startswith("| 1M")}
+    x35 = rows["| 1M, 3.5x"]
+    assert x35[3] == "0.01: 1.2000 · **0.1: 1.1900** · 0.3: 1.1800"  # the dev half's choice, not the test's best
+    assert x35[4] == "**0.01: 1.1500** · 0.1: 1.1600"
+    assert x35[5] == "+0.050"  # both at the recipe's weight decay
+    assert x35[6] == "+0.040 (1.1900 -> 1.1500); +0.030 (1.2100 -> 1.1800)"
+    # seed 1 first evaluates at or below its baseline's 1.21 at step 1,000: 500 KD steps at 1.5, 500 plain at 1.0
+    assert x35[7] == "0.70 / 0.95; 1.00 / 1.25"
+    assert rows["| 1M, 1x"][6] == "" and rows["| 1M, 1x"][8] == "not run"  # no SALT run yet
+    assert "Seed noise (the chosen baselines' standard deviation over seeds, pooled): 0.014 nats." in text
+    assert "1M, 3.5x not met" in text  # seed 0's budget form needs 0.77 of the steps
+    plain = results / "plain.md"
+    plain.write_text("no table here\n")
+    assert summary.write_outputs(results, plain)[-1] != plain and plain.read_text() == "no table here\n"
 
 
 # ---- bench.train_run resumes an interrupted run ---------------------------------------------------------------

@@ -47,6 +47,7 @@ from runs import (  # noqa: E402
     stored_teacher,
 )
 from summary import write_outputs  # noqa: E402
+from table import README  # noqa: E402
 
 
 def check_corpus() -> dict:
@@ -103,7 +104,7 @@ def commit_stored(names: list[str]) -> None:
     """Every stored run and teacher, not only `names`: a run stored by a process stopped before its commit goes in
     with the next one."""
     paths = [*sorted(RUNS.glob("*.json")), *sorted(stored_teacher("").glob("*/*"))]
-    commit_files([*paths, *write_outputs()], f"size x repetition: {', '.join(names)}")
+    commit_files([*paths, *write_outputs(readme=README)], f"size x repetition: {', '.join(names)}")
 
 
 def die_with(parent: int) -> None:
@@ -169,7 +170,7 @@ def main():
     elif not args.summarise_only:
         train(args)
     print(f"done: {time.time() - t0:.0f}s", flush=True)
-    for path in write_outputs():
+    for path in write_outputs(readme=README):
         print("wrote", path)
 
 

@@ -5,6 +5,7 @@ alone (no corpus, no checkpoint), and the figure. Wall-clock weighs steps at the
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402
 import code_corpus  # noqa: E402
+import table  # noqa: E402
 from bench import RunResult  # noqa: E402
 from figure import plot  # noqa: E402
 from paper_regime_summary import against_baseline, budget_form  # noqa: E402
@@ -213,13 +215,16 @@ def seed_noise(cells: list[dict]) -> float | None:
     return math.sqrt(sum(s * s for s in stds) / len(stds)) if stds else None
 
 
-def write_outputs(out: Path = ROOT) -> list[Path]:
-    """summary.json and the figure from the runs stored under `out`; their paths (the figure once a cell has a
-    gain)."""
+def write_outputs(out: Path = ROOT, readme: Path | None = None) -> list[Path]:
+    """summary.json and the figure from the runs stored under `out`, and the result table in `readme` where given;
+    their paths (the figure once a cell has a gain, the README where it has the table's block)."""
     summary = summarise(out / RUNS.name, out / STEP_COST.name)
     bench.write_json(out / "summary.json", summary, indent=1)
     paths = [out / "summary.json"]
     if any("gain" in c for c in summary["cells"]):
         plot(summary, out / FIGURE.name)
         paths.append(out / FIGURE.name)
+    if readme is not None and table.written(readme.read_text()) is not None:
+        table.update(json.loads(paths[0].read_text()), readme)  # as a reader of the JSON sees it
+        paths.append(readme)
     return paths
