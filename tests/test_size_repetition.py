@@ -237,6 +237,21 @@ def test_budget_and_second_seeds_follow_the_stored_runs(results):
     assert "auto_1m_x1_budget_0.7" not in names(runs.budget_runs(folder))
 
 
+def test_second_seeds_read_the_studys_own_seed_noise_where_it_is_larger(results):
+    folder = results / "runs"
+    stored(results, "auto_1m_x3.5_budget_0.7", [(700, 1.22)], 1.21, steps=700, kd_steps=350)  # 0.03 above 1.19
+    assert runs.seed_noise(folder) == runs.SEED_NOISE and runs.seed_runs(1, folder) == []  # 0.04 and 0.03: too far
+    # a second seed of the chosen baseline ends 0.06 from the first: a standard deviation of 0.042 nats
+    stored(results, "baseline_1m_x3.5_wd0.1_s1", [(1000, 1.25)], 1.24, wd=0.1)
+    assert runs.seed_noise(folder) == pytest.approx(0.06 / 2**0.5)
+    near = ["auto_1m_x3.5_budget_0.7_s1", "auto_1m_x3.5_budget_0.8_s1", "auto_1m_x3.5_s1", "baseline_1m_x3.5_wd0.1_s1"]
+    assert sorted(r.spec.name for r in runs.seed_runs(1, folder)) == near  # the gain and the 0.7 run now within it
+    # the grid's widening keeps the planned noise: 0.3 best on dev by 0.02 still widens it
+    for wd, dev in ((0.01, 1.45), (0.1, 1.42), (0.3, 1.40)):
+        stored(results, f"baseline_1m_x8_wd{wd:g}", [(1000, dev)], dev, wd=wd)
+    assert 1.0 in runs.decays("1m", 8, folder)
+
+
 def test_salt_at_the_chosen_weight_decay_joins_the_cell_and_the_dev_half_chooses_it(results):
     folder = results / "runs"
     cell = [r.spec.name for r in runs.cell("1m", 3.5, folder)]
