@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from salt_hf.checkpointing import COMPLETE_MARKER
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "size_repetition")]
 
@@ -314,6 +316,17 @@ def test_pending_draws_the_runs_again_from_what_is_stored(results, monkeypatch):
     for wd, dev in ((0.1, 1.295), (0.3, 1.285)):
         stored(results, f"baseline_1m_x1_wd{wd:g}", [(1000, dev)], dev, wd=wd)
     assert "auto_1m_x1_wd0.3" in [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
+    # a run with a complete checkpoint to resume from goes first; an incomplete checkpoint does not count
+    monkeypatch.setattr(size_repetition, "run_dir", lambda name: results / "work" / name)
+    todo = [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
+    assert todo.index("auto_1m_x8") > 0
+    half_done = results / "work" / "auto_1m_x8" / "checkpoint-500"
+    half_done.mkdir(parents=True)
+    (half_done / "model.safetensors").write_bytes(b"1234")
+    assert [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)] == todo  # no marker: not complete
+    (half_done / COMPLETE_MARKER).write_text(json.dumps({"files": {"model.safetensors": 4}}))
+    again = [r.spec.name for r in size_repetition.pending(["rep_1m"], busy)]
+    assert again == ["auto_1m_x8", *(n for n in todo if n != "auto_1m_x8")]
 
 
 def test_summary_weighs_wall_clock_at_the_measured_step_costs_and_draws_the_figure(results):

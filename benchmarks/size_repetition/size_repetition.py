@@ -49,6 +49,8 @@ from runs import (  # noqa: E402
 from summary import write_outputs  # noqa: E402
 from table import README  # noqa: E402
 
+from salt_hf.checkpointing import last_complete_checkpoint  # noqa: E402
+
 
 def check_corpus() -> dict:
     """The corpus's info once its content (hashed anew) is corpus.json's; exits with the reason otherwise."""
@@ -118,10 +120,12 @@ def die_with(parent: int) -> None:
 
 def pending(names: list[str], busy: list[Run]) -> list[Run]:
     """The runs of `names` neither stored nor training, as the stored runs define them now (a weight decay chosen
-    adds SALT at it, a lead adds the budget form)."""
+    adds SALT at it, a lead adds the budget form), those with a checkpoint to resume from first."""
     training = {r.spec.name for r in busy}
     todo = [r for r in named_runs(names) if r.spec.name not in training]
-    return [r for r in todo if not (RUNS / f"{r.spec.name}.json").is_file()]
+    todo = [r for r in todo if not (RUNS / f"{r.spec.name}.json").is_file()]
+    # a run an earlier invocation left half-done goes first (its order otherwise kept): it ends soonest
+    return sorted(todo, key=lambda r: last_complete_checkpoint(run_dir(r.spec.name)) is None)
 
 
 def train(args) -> None:
