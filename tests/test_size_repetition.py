@@ -371,6 +371,13 @@ def test_the_readme_table_is_rewritten_from_the_summary_and_nothing_else(results
     assert rows["| 1M, 1x"][6] == "" and rows["| 1M, 1x"][8] == "not run"  # no SALT run yet
     assert "Seed noise (the chosen baselines' standard deviation over seeds, pooled): 0.014 nats." in text
     assert "1M, 3.5x not met" in text  # seed 0's budget form needs 0.77 of the steps
+    # each axis's figures: no cell at one epoch has SALT yet, the 1M repetition levels do
+    assert (
+        "- Size at about one epoch: both tuned, mean over seeds: 1M to run; both at wd 0.01 (seed 0): 1M to run;"
+        in text
+    )
+    assert "- Repetition at 1M: both tuned, mean over seeds: 1x to run, 3.5x +0.035 ± 0.007 (2 seeds);" in text
+    assert "the tuned weight decay's gain to the plain run: 1x +0.000, 3.5x +0.010;" in text  # 1x: 0.01 alone ran
     plain = results / "plain.md"
     plain.write_text("no table here\n")
     assert summary.write_outputs(results, plain)[-1] != plain and plain.read_text() == "no table here\n"

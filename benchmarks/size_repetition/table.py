@@ -57,7 +57,7 @@ def per_seed(row: dict) -> tuple[str, str, str]:
 
 
 def label(row: dict) -> str:
-    return f"{row['size'].upper()}, {row['repeats']:g}x"
+    return f"{row['size'].upper()}, {passes(row)}"
 
 
 def table_row(row: dict) -> str:
@@ -78,8 +78,53 @@ def table_row(row: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def mean_gain(row: dict) -> str:
+    """The tuned gain's mean over seeds, with its standard deviation where there are two or more; 'to run' before."""
+    gain = row.get("gain")
+    if gain is None:
+        return "to run"
+    n = len(gain["seeds"])
+    return signed(gain["mean"]) + (f" ± {gain['std']:.3f} ({n} seeds)" if n > 1 else "")
+
+
+def axis(cells: list[dict], name) -> str:
+    """'<name(c)> <tuned gain>, ...' over `cells`, and their gains both at the recipe's weight decay, the budget form
+    (seed 0) and what tuning the weight decay alone gave the plain run."""
+    parts = [
+        "both tuned, mean over seeds: " + ", ".join(f"{name(c)} {mean_gain(c)}" for c in cells),
+        "both at wd 0.01 (seed 0): "
+        + ", ".join(f"{name(c)} {signed(c.get('gain_over_recipe_baseline')) or 'to run'}" for c in cells),
+        "the tuned weight decay's gain to the plain run: "
+        + ", ".join(f"{name(c)} {signed(c.get('tuned_weight_decay_gain')) or 'to run'}" for c in cells),
+        "budget form to the tuned baseline's final, steps / wall-clock (seed 0): "
+        + ", ".join(
+            f"{name(c)} {ratio_pair(c['budget_to_target'], c['budget_wallclock_to_target'])}"
+            for c in cells
+            if "budget_to_target" in c
+        ),
+    ]
+    return "; ".join(p for p in parts if not p.endswith(": "))
+
+
+def passes(row: dict) -> str:
+    return f"{row['repeats']:g}x"
+
+
+def axes(summary: dict) -> list[str]:
+    """The two axes of the issue, each a line of the figures its answer reads: the sizes at one epoch, and the
+    repetition levels at each size that has more than one."""
+    cells = summary["cells"]
+    ones = sorted((c for c in cells if c["repeats"] == 1), key=lambda c: c.get("student_params") or 0)
+    out = [f"- Size at about one epoch: {axis(ones, lambda c: c['size'].upper())}."] if ones else []
+    for size in dict.fromkeys(c["size"] for c in cells):
+        levels = sorted((c for c in cells if c["size"] == size), key=lambda c: c["repeats"])
+        if len(levels) > 1:
+            out.append(f"- Repetition at {size.upper()}: {axis(levels, passes)}.")
+    return out
+
+
 def render(summary: dict) -> str:
-    """The table, one row per cell, and a line with the study's seed noise and where the goal holds."""
+    """The table, one row per cell, the figures of each axis, the study's seed noise and where the goal holds."""
     rows = [table_row(r) for r in summary["cells"]]
     noise = summary.get("seed_noise")
     goal = {label(r): r["goal_met"] for r in summary["cells"] if r.get("goal_met") is not None}
@@ -91,7 +136,7 @@ def render(summary: dict) -> str:
         + ("; ".join(f"{c} {'met' if g else 'not met'}" for c, g in goal.items()) or "no cell with two seeds yet")
         + ".",
     ]
-    return "\n".join([HEADER, *rows, "", *notes])
+    return "\n".join([HEADER, *rows, "", *axes(summary), "", *notes])
 
 
 def block(summary: dict) -> str:
