@@ -43,7 +43,7 @@ def ratio_pair(steps, wall) -> str:
 def per_seed(row: dict) -> tuple[str, str, str]:
     """The gain, the ratios read off the full-length curves and the budget form, each seed's separated by '; '."""
     gains, curves = [], []
-    for i, _ in enumerate(row.get("seeds", [])):
+    for i in range(len(row.get("seeds", []))):
         base, salt = row["baseline_final_loss"]["seeds"][i], row["auto_final_loss"]["seeds"][i]
         gains.append(f"{signed(row['gain']['seeds'][i])} ({loss(base)} -> {loss(salt)})")
         curves.append(
