@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import statistics
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -240,23 +239,24 @@ def seed_runs(seed: int = 1, folder: Path = RUNS) -> list[Run]:
 
 
 def seed_noise(folder: Path = RUNS) -> float:
-    """The seed noise the choice of second seeds reads: the study's own (its chosen baselines' standard deviation over
-    seeds, pooled over the cells with two or more) where that is larger than section 8's SEED_NOISE, else SEED_NOISE.
-    The weight-decay grid's widening keeps SEED_NOISE, the value it was planned with."""
-    variances = []
+    """The seed noise the choice of second seeds reads: the study's own (`own_seed_noise`) where that is larger than
+    section 8's SEED_NOISE, else SEED_NOISE. The weight-decay grid's widening keeps SEED_NOISE, the value it was
+    planned with."""
+    return max(SEED_NOISE, own_seed_noise(folder) or 0.0)
+
+
+def own_seed_noise(folder: Path = RUNS) -> float | None:
+    """The study's own seed noise: the standard deviation of the chosen baselines' final test loss over seeds, pooled
+    over the cells with two seeds or more (the root mean square of theirs); None before any cell has two."""
+    stds = []
     for size in SIZES:
         for r in REPEATS[size]:
             wd = chosen_weight_decay(size, r, folder)
-            finals = (
-                []
-                if wd is None
-                else [stored_final(run_name("baseline", size, r, wd, seed=s), folder) for s in (0, 1, 2)]
-            )
-            finals = [f for f in finals if f is not None]
+            seeds = [] if wd is None else [run_name("baseline", size, r, wd, seed=s) for s in (0, 1, 2)]
+            finals = [f for n in seeds if (f := stored_final(n, folder)) is not None]
             if len(finals) > 1:
-                variances.append(statistics.variance(finals))
-    own = math.sqrt(sum(variances) / len(variances)) if variances else 0.0
-    return max(SEED_NOISE, own)
+                stds.append(bench.seed_stats(finals)["std"])
+    return math.sqrt(sum(x * x for x in stds) / len(stds)) if stds else None
 
 
 def near_goal(size: str, repeats: float, folder: Path, noise: float = SEED_NOISE) -> bool:

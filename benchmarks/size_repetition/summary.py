@@ -6,7 +6,6 @@ alone (no corpus, no checkpoint), and the figure. Wall-clock weighs steps at the
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from runs import (  # noqa: E402
     STEP_COST,
     TOKENS_PER_PARAM,
     decays,
+    own_seed_noise,
     run_name,
     tag,
     teacher_name,
@@ -202,17 +202,10 @@ def summarise(runs_folder: Path = RUNS, step_cost: Path = STEP_COST) -> dict:
     return {
         "corpus_sha256": recipe.get("content_sha256"),
         "step_costs_measured": sorted(costs),
-        "seed_noise": seed_noise(cells),
+        "seed_noise": own_seed_noise(runs_folder),
         "cells": cells,
         "runs": sorted(runs),
     }
-
-
-def seed_noise(cells: list[dict]) -> float | None:
-    """The study's own seed noise: the standard deviation of the chosen baselines' final test loss over seeds, pooled
-    over the cells with two seeds or more (the root mean square of theirs); None before any cell has two."""
-    stds = [c["baseline_final_loss"]["std"] for c in cells if len(c.get("seeds", ())) > 1]
-    return math.sqrt(sum(s * s for s in stds) / len(stds)) if stds else None
 
 
 def write_outputs(out: Path = ROOT, readme: Path | None = None) -> list[Path]:
