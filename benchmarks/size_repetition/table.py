@@ -152,12 +152,9 @@ def written(text: str) -> str | None:
     return None if found is None else found.group(0)
 
 
-def update(summary: dict, readme: Path = README) -> bool:
-    """Rewrite the README's table block from `summary`; whether the README changed (False without a block)."""
+def update(summary: dict, readme: Path = README) -> None:
+    """Rewrite the README's table block from `summary` (a README without one is left as it is)."""
     text = readme.read_text()
-    if written(text) is None:
-        return False
     new = PATTERN.sub(lambda _: block(summary), text)
     if new != text:
         readme.write_text(new)
-    return new != text
