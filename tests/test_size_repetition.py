@@ -25,6 +25,7 @@ import bench  # noqa: E402  (script folders, put on the path above)
 import figure  # noqa: E402
 import runs  # noqa: E402
 import size_repetition  # noqa: E402
+import stash  # noqa: E402
 import summary  # noqa: E402
 import table  # noqa: E402
 
@@ -386,7 +387,8 @@ def test_the_readme_table_is_rewritten_from_the_summary_and_nothing_else(results
 # ---- bench.train_run resumes an interrupted run ---------------------------------------------------------------
 
 
-def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("via_stash", [False, True], ids=["work-folder", "committed-stash"])
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, via_stash):
     monkeypatch.setattr(bench, "WORK", tmp_path)
     corpus = tmp_path / "tiny"
     corpus.mkdir()
@@ -403,6 +405,16 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
     whole = bench.train_run(spec, "tiny", "cpu", tmp_path / "a", threads=1, rows=rows, resume=True)
     bench.train_run(spec, "tiny", "cpu", tmp_path / "b", threads=1, rows=rows, resume=True)
     shutil.rmtree(tmp_path / "b" / "checkpoint-10")  # as if killed after the save at step 5
+    if via_stash:  # the session ended: its checkpoint committed in parts, the work folder gone with the machine
+        assert stash.stash(tmp_path / "a" / "none", tmp_path / "stash") is None  # nothing to stash
+        stashed = stash.stash(tmp_path / "b", tmp_path / "stash", part_bytes=4096)
+        assert stashed == tmp_path / "stash" / "checkpoint-5"
+        parts = [p for p in stashed.rglob("*") if p.is_file()]
+        assert all(".part" in p.name and p.stat().st_size <= 4096 for p in parts)
+        assert any(p.name.endswith(".part01") for p in parts)  # the weights were cut
+        shutil.rmtree(tmp_path / "b")
+        assert stash.unstash(tmp_path / "stash", tmp_path / "b") == str(tmp_path / "b" / "checkpoint-5")
+        assert stash.unstash(tmp_path / "stash", tmp_path / "b") == str(tmp_path / "b" / "checkpoint-5")  # once
     resumed = bench.train_run(spec, "tiny", "cpu", tmp_path / "b", threads=1, rows=rows, resume=True)
     flat = [[v for row in r.curve_step_test_dev for v in row] for r in (whole, resumed)]
     assert flat[0] == pytest.approx(flat[1], abs=1e-6)

@@ -35,6 +35,7 @@ CORPUS = "code"  # code_corpus.py's folder under benchmarks/work
 ROOT = HERE / "results"  # runs/ (one JSON per run), teachers/ (their weights), summary.json, the figure, step costs
 RUNS = ROOT / "runs"
 STEP_COST = ROOT / "step_cost.json"  # --step-cost, on an otherwise idle machine
+RESUME = ROOT / "resume"  # --stash: the newest checkpoint of each unfinished run, committed (stash.py)
 # student and teacher per size: the teacher 0.45-0.56 of the student's parameters, smaller in width and depth
 SIZES = {"0.5m": ("4x96", "3x80"), "1m": ("5x128", "4x96"), "2m": ("6x160", "5x128")}
 TOKENS_PER_PARAM = {"0.5m": 20, "1m": 20, "2m": 20}  # the 2M cell is the one to shrink if the plan is too long

@@ -6,11 +6,14 @@
     python benchmarks/size_repetition/size_repetition.py --commit --parallel 2 --only budget,seeds
     python benchmarks/size_repetition/size_repetition.py --summarise-only                 # summary.json, figure
     python benchmarks/size_repetition/size_repetition.py --step-cost                      # on an idle machine
+    python benchmarks/size_repetition/size_repetition.py --stash     # before the session ends: commit the checkpoints
 
 Idempotent: a run whose JSON is stored (results/runs/) is skipped; a run that was interrupted resumes from its newest
 complete checkpoint (every SAVE_EVERY steps in benchmarks/work/code/size_repetition/<run>/); a teacher whose weights
 are committed (results/teachers/) but absent from the work folder is restored, not retrained. Every invocation that
-trains first checks the corpus against corpus.json's content hash and refuses a different one.
+trains first checks the corpus against corpus.json's content hash and refuses a different one. A run longer than a
+session: `--stash` commits each unfinished run's newest complete checkpoint (results/resume/, stash.py), and the next
+invocation on a fresh checkout resumes from it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -31,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402
 import code_corpus  # noqa: E402
+import stash  # noqa: E402
 import torch  # noqa: E402
 from regime_benchmark import commit as commit_files  # noqa: E402
 from runs import (  # noqa: E402
     CORPUS,
     DEFAULT_GROUPS,
+    RESUME,
     RUNS,
     STEP_COST,
     Run,
@@ -80,6 +86,48 @@ def restore_teachers(todo: list[Run]) -> None:
             stored = stored_teacher(run.spec.teacher)
             if stored.is_dir():
                 shutil.copytree(stored, bench.teacher_dir(CORPUS, run.spec.teacher))
+
+
+def restore_checkpoints(todo: list[Run]) -> None:
+    """Runs in `todo` with a committed checkpoint (--stash) and none in the work folder: joined back, so they
+    resume where a stopped session left them."""
+    for run in todo:
+        resumed = stash.unstash(RESUME / run.spec.name, run_dir(run.spec.name))
+        if resumed is not None:
+            print(f"{run.spec.name}: resumes from {resumed}", flush=True)
+
+
+def stash_unfinished() -> None:
+    """The newest complete checkpoint of every run in the work folder not yet stored, committed (the stash of a
+    stored run dropped), so that a session's end does not lose a run's progress."""
+    folders = sorted(p for p in run_dir("").iterdir() if p.is_dir()) if run_dir("").is_dir() else []
+    for folder in folders:
+        if not (RUNS / f"{folder.name}.json").is_file():
+            print(folder.name, "->", stash.stash(folder, RESUME / folder.name), flush=True)
+    for old in sorted(RESUME.glob("*")) if RESUME.is_dir() else []:
+        if (RUNS / f"{old.name}.json").is_file():
+            shutil.rmtree(old)
+    RESUME.mkdir(parents=True, exist_ok=True)
+    commit_folder(RESUME, "size x repetition: the unfinished runs' newest checkpoints (--stash)")
+
+
+def commit_folder(folder: Path, message: str) -> None:
+    """Commits `folder` as it is now, files removed included (another commit may hold the index lock a moment)."""
+    git = ["git", "-C", str(folder.parent)]
+    for _ in range(5):
+        added = subprocess.run([*git, "add", "-A", "--", folder.name], check=False)
+        if (
+            added.returncode == 0
+            and subprocess.run([*git, "diff", "--cached", "--quiet", "--", folder.name]).returncode == 0
+        ):
+            return  # nothing changed
+        if (
+            added.returncode == 0
+            and subprocess.run([*git, "commit", "-q", "-m", message, "--", folder.name]).returncode == 0
+        ):
+            return
+        time.sleep(2)
+    raise SystemExit(f"error: could not commit {folder}")
 
 
 def named_runs(names: list[str]) -> list[Run]:
@@ -134,6 +182,7 @@ def train(args) -> None:
     is drawn again whenever a run ends, so runs that the stored ones call for join the same invocation."""
     check_corpus()
     names = args.only.split(",") if args.only else list(DEFAULT_GROUPS)
+    restore_checkpoints(named_runs(names))
     todo = pending(names, [])
     print(f"to train ({len(todo)}): {', '.join(r.spec.name for r in todo)}", flush=True)
     context = torch.multiprocessing.get_context("spawn")  # CUDA does not survive fork
@@ -161,6 +210,7 @@ def parse_args():
     parser.add_argument("--parallel", type=int, default=1, help="runs side by side, one thread each")
     parser.add_argument("--commit", action="store_true", help="git-commit each batch's stored runs as they finish")
     parser.add_argument("--summarise-only", action="store_true", help="train nothing: summarise the stored runs")
+    parser.add_argument("--stash", action="store_true", help="commit the unfinished runs' newest checkpoints")
     parser.add_argument("--step-cost", action="store_true", help="measure the step costs (an otherwise idle machine)")
     return parser.parse_args()
 
@@ -169,6 +219,8 @@ def main():
     args = parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
+    if args.stash:
+        return stash_unfinished()
     if args.step_cost:
         bench.measure_step_costs(cost_pairs(), STEP_COST, vocab=300, seq=128)
     elif not args.summarise_only:
