@@ -245,7 +245,68 @@ def figure_teacher_strength(results: Path, out: Path) -> Path:
     return path
 
 
-FIGURES = (figure_curves, figure_scale, figure_teacher_size, figure_kd_end, figure_teacher_strength)
+def figure_size_repetition(results: Path, out: Path) -> Path:
+    """Figure 6: SALT's gain against the student's size at about one epoch and against the data's repetition at a
+    fixed size (the size-against-repetition study, code corpus), with each arm's weight decay tuned on dev (solid,
+    every seed marked) and with both at the recipe's 0.01 (dotted); the band is one seed noise either side of zero."""
+    summary = load(results.parent / "size_repetition" / "results" / "summary.json")
+    cells = [row for row in summary["cells"] if "gain" in row]
+    noise = summary["seed_noise"] or 0.0
+    fig, (size, repeat) = plt.subplots(1, 2, figsize=(11, 4.0))
+    one_epoch = sorted((row for row in cells if row["repeats"] == 1), key=lambda row: row["student_params"])
+    gain_lines(size, {"one epoch": one_epoch}, lambda row: row["student_params"] / 1e6, {"one epoch": COLOURS["salt"]})
+    by_size: dict[str, list[dict]] = {}
+    for row in sorted(cells, key=lambda row: row["repeats"]):
+        by_size.setdefault(row["size"], []).append(row)
+    colours = {"0.5m": COLOURS["salt_convex"], "1m": COLOURS["salt"], "2m": COLOURS["kd_all"]}
+    gain_lines(
+        repeat,
+        {f"{k.upper()} student": v for k, v in by_size.items() if len(v) > 1},
+        lambda row: row["repeats"],
+        {f"{k.upper()} student": c for k, c in colours.items()},
+    )
+    for ax in (size, repeat):
+        ax.axhspan(-noise, noise, color=COLOURS["baseline"], alpha=0.12, lw=0, label=f"seed noise ({noise:.3f})")
+        ax.axhline(0.0, color=COLOURS["baseline"], lw=1.0)
+        ax.set_ylabel("gain: baseline's final loss minus SALT's (nats)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    params = [row["student_params"] / 1e6 for row in one_epoch]
+    size.set_xscale("log")
+    size.set_xticks(params, [f"{x:.2f}M" for x in params])
+    size.minorticks_off()
+    size.set_xlim(0.35, 2.6)
+    size.set_xlabel("student parameters (teacher about half as large), data seen about once")
+    size.set_title("Student size", fontsize=10)
+    repeat.set_xlabel("times the training data is seen (same steps)")
+    repeat.set_title("Data repetition", fontsize=10)
+    path = out / "fig6_size_repetition.png"
+    finish(fig, path)
+    return path
+
+
+def gain_lines(ax, rows_by_line: dict, x, colours: dict) -> None:
+    """Per line: the tuned gain's mean over seeds (solid) with each seed marked, and both arms at weight decay 0.01
+    (seed 0, dotted)."""
+    for label, rows in rows_by_line.items():
+        xs = [x(row) for row in rows]
+        colour = colours[label]
+        ax.plot(xs, [row["gain"]["mean"] for row in rows], "o-", color=colour, label=f"{label}: both tuned")
+        for xv, row in zip(xs, rows, strict=True):
+            ax.plot([xv] * len(row["gain"]["seeds"]), row["gain"]["seeds"], "x", color=colour, ms=7)
+        recipe = [(xv, row["gain_over_recipe_baseline"]) for xv, row in zip(xs, rows, strict=True)]
+        recipe = [point for point in recipe if point[1] is not None]
+        ax.plot(*zip(*recipe, strict=True), "s:", color=colour, alpha=0.7, label=f"{label}: both at wd 0.01")
+
+
+FIGURES = (
+    figure_curves,
+    figure_scale,
+    figure_teacher_size,
+    figure_kd_end,
+    figure_teacher_strength,
+    figure_size_repetition,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
