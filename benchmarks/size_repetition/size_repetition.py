@@ -115,17 +115,11 @@ def commit_folder(folder: Path, message: str) -> None:
     """Commits `folder` as it is now, files removed included (another commit may hold the index lock a moment)."""
     git = ["git", "-C", str(folder.parent)]
     for _ in range(5):
-        added = subprocess.run([*git, "add", "-A", "--", folder.name], check=False)
-        if (
-            added.returncode == 0
-            and subprocess.run([*git, "diff", "--cached", "--quiet", "--", folder.name]).returncode == 0
-        ):
-            return  # nothing changed
-        if (
-            added.returncode == 0
-            and subprocess.run([*git, "commit", "-q", "-m", message, "--", folder.name]).returncode == 0
-        ):
-            return
+        if subprocess.run([*git, "add", "-A", "--", folder.name]).returncode == 0:
+            if subprocess.run([*git, "diff", "--cached", "--quiet", "--", folder.name]).returncode == 0:
+                return  # nothing changed
+            if subprocess.run([*git, "commit", "-q", "-m", message, "--", folder.name]).returncode == 0:
+                return
         time.sleep(2)
     raise SystemExit(f"error: could not commit {folder}")
 
